@@ -1,0 +1,66 @@
+# ts_ffi — Quick start: `make demo`, `make test`. Both install the Debian packages they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+TREE      := build/tree
+DOUBLE    := build/ts_double.so
+BUSTED    := luajit /usr/bin/busted
+RUST_MIN  := 1.88
+APT_PKGS  := trafficserver trafficserver-dev luajit libluajit-5.1-dev luarocks lua-busted \
+             lua-socket libclang-dev clang pkg-config gcc curl
+LUA_SRC   := $(wildcard lua/ts_ffi/*.lua)
+RUST_SRC  := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
+
+.PHONY: deps rust-check build tree double unit integration cargo-test test demo clean
+
+# Debian packages: installed with apt-get when any is missing (needs root, as on CI).
+deps: build/.deps
+build/.deps: Makefile
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages: $$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root (apt-get install $$missing)"; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mkdir -p build && touch $@
+
+# Rust comes from rustup, not apt: mlua 0.12 needs rustc >= $(RUST_MIN), Debian 12 has 1.63.
+rust-check:
+	@command -v cargo >/dev/null && command -v rustc >/dev/null || { \
+	  echo "ts_ffi needs Rust >= $(RUST_MIN), installed with rustup (Debian's rustc is too old)."; \
+	  echo "Install rustup, then run: rustup toolchain install stable"; exit 1; }
+	@v=$$(rustc --version | awk '{print $$2}'); \
+	if [ "$$(printf '%s\n' $(RUST_MIN) $$v | sort -V | head -1)" != "$(RUST_MIN)" ]; then \
+	  echo "ts_ffi needs rustc >= $(RUST_MIN) (mlua 0.12); this rustc is $$v."; \
+	  echo "Update it with: rustup update stable"; exit 1; fi
+
+# Builds with cargo and installs ts_ffi.so and the Lua wrappers into $(TREE), via luarocks.
+tree: $(TREE)/.stamp
+$(TREE)/.stamp: build/.deps $(LUA_SRC) $(RUST_SRC) rockspec/ts_ffi-scm-1.rockspec | rust-check
+	luarocks make --tree $(TREE) rockspec/ts_ffi-scm-1.rockspec
+	@touch $@
+
+# The test double of the ATS API (spec/double/ts_double.c).
+double: $(DOUBLE)
+$(DOUBLE): spec/double/ts_double.c build/.deps
+	$(CC) -O1 -g -Wall -Wextra -shared -fPIC $$(pkg-config --cflags luajit) $< -o $@ \
+	  $$(pkg-config --libs luajit)
+
+cargo-test: build/.deps rust-check
+	cargo test --release --locked
+
+unit: tree double
+	$(BUSTED) -o TAP
+
+integration: tree
+	$(BUSTED) --run=integration -o TAP
+
+test: cargo-test unit integration
+	@echo "make test: all suites passed"
+
+demo: tree
+	luajit examples/run_demo.lua
+
+clean:
+	rm -rf build target

@@ -1,0 +1,128 @@
+-- ts_ffi.base: what every ts_ffi module shares. The native module, the flat C functions
+-- (declared once here), the transaction context lookup, and the error helper that turns a
+-- native code into a Lua error (programming errors) or `nil, err` (conditions of the moment).
+
+local ffi = require "ffi"
+local native = require "ts_ffi"
+
+local error, getfenv, rawget, rawset, select, type = error, getfenv, rawget, rawset, select, type
+local ffi_cast, ffi_gc = ffi.cast, ffi.gc
+
+ffi.cdef [[
+typedef struct ts_ffi_ctx ts_ffi_ctx;
+void ts_ffi_ctx_release(const ts_ffi_ctx *rec);
+int ts_ffi_txn_id(const ts_ffi_ctx *rec, int64_t *out);
+int ts_ffi_txn_client_fd(const ts_ffi_ctx *rec, int *out);
+int ts_ffi_ssn_id(const ts_ffi_ctx *rec, int64_t *out);
+]]
+
+local _M = { native = native }
+
+-- The same shared object, opened as an FFI namespace for the flat functions.
+local C = ffi.load(native.path)
+_M.C = C
+
+-- Codes, by number and by name (the native module is the single source of both).
+local code_names = native.code_names
+local codes = {}
+for num, name in pairs(code_names) do
+  codes[name] = num
+end
+_M.codes = codes
+local OK, DECLINED = codes.ok, codes.declined
+
+-- Where ts_ffi keeps its checked record of the transaction context, in the environment ts_lua
+-- made for the transaction (so every coroutine of that transaction sees it, and no other).
+local REC_KEY = "__ts_ffi_ctx"
+
+local function running_version()
+  local v = native.info_version()
+  return v or "?"
+end
+
+-- Messages for programming errors; `tsfn` is the TS* function a call needs.
+local function message(code, tsfn)
+  if code == "not_in_ats" then
+    return "not running inside traffic_server (the ATS C API is not in this process)"
+  elseif code == "missing_fn" then
+    return (tsfn or "a TS* function") .. " is missing from this traffic_server ("
+      .. running_version() .. ")"
+  elseif code == "no_txn" then
+    return "no transaction in this context"
+  elseif code == "gone" then
+    return "no transaction in this context (ts_lua has released this transaction's context;"
+      .. " a script whose only hook is a transform loses it after do_remap)"
+  elseif code == "unsupported_version" then
+    return "unsupported Apache Traffic Server " .. running_version()
+      .. ": ts_ffi knows ts_lua's private layout of 9.2.x only (set " .. native.assume_env
+      .. "=<major.minor> in traffic_server's environment to try this version anyway)"
+  elseif code == "bad_arg" then
+    return "bad argument"
+  end
+  return "internal error (" .. tostring(code) .. ")"
+end
+
+-- Raises `fname: msg (at file:line)`. The message starts with the public function's name;
+-- the location is that of the script line that called it (`level` frames above throw's
+-- caller: 1 = the public function's caller).
+local getinfo = debug.getinfo
+local function throw(fname, msg, level)
+  local info = getinfo(level + 2, "Sl")
+  local where = info and info.currentline and info.currentline > 0
+    and " (at " .. info.short_src .. ":" .. info.currentline .. ")" or ""
+  error(fname .. ": " .. msg .. where, 0)
+end
+_M.throw = throw
+
+local function raise(fname, code, tsfn, level)
+  throw(fname, message(code, tsfn), level + 1)
+end
+
+-- Turns a flat function's non-OK code into `nil, declined` or an error.
+-- Called as `return fail(fname, rc, tsfn, declined)` from a public function.
+function _M.fail(fname, rc, tsfn, declined)
+  if rc == DECLINED then
+    return nil, declined
+  end
+  raise(fname, code_names[rc] or rc, tsfn, 2)
+end
+
+-- The checked record of the running transaction's context, for the flat functions.
+-- Fast path: the record remembered in the transaction's environment (the flat function
+-- checks on the call that ts_lua has not released the context since). Slow path, once per
+-- transaction: find and check the context natively.
+local acquire = native.ctx_acquire
+local rec_ptr_t = ffi.typeof("const ts_ffi_ctx *")
+local release = C.ts_ffi_ctx_release
+
+function _M.get_ctx(fname)
+  local env = getfenv(0)
+  local rec = rawget(env, REC_KEY)
+  if rec then
+    return rec
+  end
+  local ud, code = acquire()
+  if not ud then
+    raise(fname, code, nil, 3)
+  end
+  rec = ffi_gc(ffi_cast(rec_ptr_t, ud), release)
+  rawset(env, REC_KEY, rec)
+  return rec
+end
+
+-- Raises unless the call had no arguments.
+function _M.no_args(fname, ...)
+  if select("#", ...) ~= 0 then
+    throw(fname, "takes no arguments (got " .. select("#", ...) .. ")", 2)
+  end
+end
+
+-- For natively answered calls: `value...` or `nil, code` → values or an error.
+function _M.check(fname, tsfn, v, ...)
+  if v == nil and type((...)) == "string" then
+    raise(fname, (...), tsfn, 2)
+  end
+  return v, ...
+end
+
+return _M

@@ -1,0 +1,47 @@
+-- A small HTTP origin for the integration tests, on loopback, one connection at a time.
+-- usage: luajit origin.lua PORT [BIND_ADDR]
+-- Every response tells what the origin saw: X-Origin-Peer (the proxy's source address and
+-- port) and X-Origin-Path. Paths:
+--   /slow-chunked/<bytes>/<block>/<ms>  a chunked body of <bytes> 'x' in blocks, <ms> apart
+--   /empty                               200 with an empty body
+--   anything else                        200 with body "origin:<path>\n"
+local socket = require "socket"
+
+local port, addr = tonumber(arg[1]), arg[2] or "127.0.0.1"
+local server = assert(socket.bind(addr, port))
+server:settimeout(nil)
+
+local function respond(c, path)
+  local peer_ip, peer_port = c:getpeername()
+  local head = "HTTP/1.1 200 OK\r\nX-Origin-Peer: " .. peer_ip .. ":" .. peer_port
+    .. "\r\nX-Origin-Path: " .. path .. "\r\nConnection: close\r\n"
+  local bytes, block, ms = path:match("^/slow%-chunked/(%d+)/(%d+)/(%d+)")
+  if bytes then
+    bytes, block, ms = tonumber(bytes), tonumber(block), tonumber(ms)
+    c:send(head .. "Transfer-Encoding: chunked\r\n\r\n")
+    while bytes > 0 do
+      local n = math.min(block, bytes)
+      if not c:send(string.format("%x\r\n%s\r\n", n, string.rep("x", n))) then return end
+      bytes = bytes - n
+      socket.sleep(ms / 1000)
+    end
+    c:send("0\r\n\r\n")
+    return
+  end
+  local body = path == "/empty" and "" or ("origin:" .. path .. "\n")
+  c:send(head .. "Content-Length: " .. #body .. "\r\n\r\n" .. body)
+end
+
+while true do
+  local c = server:accept()
+  if c then
+    c:settimeout(5)
+    local line = c:receive("*l")
+    local path = line and line:match("^%u+ (%S+)") or "/"
+    repeat
+      local h = c:receive("*l")
+    until not h or h == ""
+    pcall(respond, c, path)
+    c:close()
+  end
+end

@@ -1,0 +1,65 @@
+//! ts_ffi: safe, fast access to the Apache Traffic Server C API for ATS Lua (tslua.so) scripts.
+//!
+//! `require "ts_ffi"` opens this native module; scripts use the Lua wrappers
+//! (`ts_ffi.info`, `ts_ffi.txn`, `ts_ffi.ssn`) that call it. The layout:
+//! - `api`: the TS* functions, resolved from the running process.
+//! - `ctx`: ts_lua's transaction context, checked on every use (the only unsafe layouts).
+//! - `codes`: return codes of the flat functions and the panic guard.
+//! - one file per ATS area (`info`, `txn`, `ssn`), mirrored by `lua/ts_ffi/<area>.lua`.
+
+mod api;
+mod codes;
+mod ctx;
+mod info;
+mod ssn;
+mod sys;
+mod txn;
+
+use codes::Code;
+use mlua::{IntoLuaMulti, Lua, MultiValue, Result as LuaResult, Table, Value};
+use std::ffi::{CStr, CString};
+
+/// A native function's answer: its values, or `nil, code_name` for the Lua wrapper to turn
+/// into an error or `nil, err`.
+pub(crate) fn reply<T: IntoLuaMulti>(lua: &Lua, r: Result<T, Code>) -> LuaResult<MultiValue> {
+    match r {
+        Ok(v) => v.into_lua_multi(lua),
+        Err(code) => (Value::Nil, code.name()).into_lua_multi(lua),
+    }
+}
+
+pub(crate) fn cstr_name(code: Code) -> CString {
+    CString::new(code.name()).unwrap_or_default()
+}
+
+/// The path of this shared object (for `ffi.load`), pinned in memory: ts_lua's contexts keep
+/// pointers to `ctx`'s release callback, so the code must outlive any Lua VM that loaded it.
+fn self_path_pinned() -> Option<String> {
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let addr = ctx::ts_ffi_ctx_release as *const libc::c_void;
+    // SAFETY: dladdr only reads the loader's tables.
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dli_fname is a NUL-terminated path owned by the loader.
+    let path = unsafe { CStr::from_ptr(info.dli_fname) };
+    // SAFETY: RTLD_NOLOAD only takes another reference to the already loaded object.
+    unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE) };
+    Some(path.to_string_lossy().into_owned())
+}
+
+#[mlua::lua_module(name = "ts_ffi")]
+fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
+    let m = lua.create_table()?;
+    m.set("path", self_path_pinned())?;
+    // SAFETY: a plain lua_CFunction that never raises.
+    m.set("ctx_acquire", unsafe { lua.create_c_function(ctx::lua_ctx_acquire)? })?;
+    let names = lua.create_table()?;
+    for code in codes::ALL {
+        names.raw_set(code.as_int(), code.name())?;
+    }
+    m.set("code_names", names)?;
+    m.set("assume_env", ctx::ASSUME_ENV)?;
+    info::register(lua, &m)?;
+    Ok(m)
+}
