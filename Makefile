@@ -1,5 +1,6 @@
 # ts_ffi — Quick start: `make demo`, `make test`. Both install the Debian packages they need.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 .DEFAULT_GOAL := test
 
 TREE      := build/tree
@@ -51,13 +52,15 @@ cargo-test: build/.deps rust-check
 	cargo test --release --locked
 
 unit: tree double
-	$(BUSTED) -o TAP
+	$(BUSTED) -o TAP | tee build/unit.tap
 
 integration: tree
-	$(BUSTED) --run=integration -o TAP
+	$(BUSTED) --run=integration -o TAP | tee build/integration.tap
 
 test: cargo-test unit integration
-	@echo "make test: all suites passed"
+	@cat build/unit.tap build/integration.tap | awk '/^ok /{p++} /^not ok /{f++} \
+	  END {printf "busted: %d passed, %d failed\n", p, f; exit f > 0}'
+
 
 demo: tree
 	luajit examples/run_demo.lua

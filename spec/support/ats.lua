@@ -7,7 +7,8 @@
 --
 -- The sandbox runs as root in a temporary runroot on loopback with free ports, with an origin
 -- (spec/support/origin.lua). The Lua tree under test is given to traffic_server through
--- LUA_PATH / LUA_CPATH (opts.tree, default build/tree). stop() always kills both processes.
+-- LUA_PATH / LUA_CPATH (opts.tree, default build/tree; opts.lua_path = false leaves that to
+-- the scripts, which get TS_FFI_TREE). stop() always kills both processes.
 local socket = require "socket"
 
 local M = {}
@@ -130,9 +131,12 @@ function M.start(opts)
 
   local tree = opts.tree or (ROOT .. "/build/tree")
   self.tree = tree
-  local env = string.format("LUA_PATH='%s/share/lua/5.1/?.lua;%s/spec/integration/?.lua;;' "
-    .. "LUA_CPATH='%s/lib/lua/5.1/?.so;;' TS_FFI_TREE='%s' TS_FFI_SANDBOX='%s' ORIGIN_PORT=%d ",
-    tree, ROOT, tree, tree, dir, self.origin_port)
+  local env = string.format("TS_FFI_TREE='%s' TS_FFI_SANDBOX='%s' ORIGIN_PORT=%d ",
+    tree, dir, self.origin_port)
+  if opts.lua_path ~= false then -- else scripts find the tree themselves (examples/)
+    env = env .. string.format("LUA_PATH='%s/share/lua/5.1/?.lua;;' "
+      .. "LUA_CPATH='%s/lib/lua/5.1/?.so;;' ", tree, tree)
+  end
   for k, v in pairs(opts.env or {}) do env = env .. k .. "='" .. v .. "' " end
 
   if opts.origin ~= false then
