@@ -8,12 +8,11 @@ local native = require "ts_ffi"
 local error, getfenv, rawget, rawset, select, type = error, getfenv, rawget, rawset, select, type
 local ffi_cast, ffi_gc = ffi.cast, ffi.gc
 
+-- Shared declarations; each area module declares its own flat functions, which take the
+-- checked record of the transaction context first and return a code.
 ffi.cdef [[
 typedef struct ts_ffi_ctx ts_ffi_ctx;
 void ts_ffi_ctx_release(const ts_ffi_ctx *rec);
-int ts_ffi_txn_id(const ts_ffi_ctx *rec, int64_t *out);
-int ts_ffi_txn_client_fd(const ts_ffi_ctx *rec, int *out);
-int ts_ffi_ssn_id(const ts_ffi_ctx *rec, int64_t *out);
 ]]
 
 local _M = { native = native }

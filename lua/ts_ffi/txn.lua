@@ -7,6 +7,11 @@ local base = require "ts_ffi.base"
 local C, get_ctx, fail, no_args = base.C, base.get_ctx, base.fail, base.no_args
 local tonumber = tonumber
 
+ffi.cdef [[
+int ts_ffi_txn_id(const ts_ffi_ctx *rec, int64_t *out);
+int ts_ffi_txn_client_fd(const ts_ffi_ctx *rec, int *out);
+]]
+
 local i64 = ffi.new("int64_t[1]")
 local int = ffi.new("int[1]")
 
