@@ -35,6 +35,8 @@ const TS_FUNCTIONS: &[&str] = &[
     "TSUrlStringGet",
     "TSIOBufferWaterMarkGet",
     "TSIOBufferWaterMarkSet",
+    "TSVConnWriteVIOGet",
+    "TSVIOBufferGet",
     "_TSmalloc",
     "_TSfree",
 ];

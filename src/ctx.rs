@@ -39,6 +39,10 @@ pub struct Layout {
     pub txnp: usize,
     /// `sizeof(ts_lua_async_item)`; fields next, cinfo, contp, data, cleanup, deleted.
     pub async_item_size: usize,
+    /// `ts_lua_cont_info.contp` (for a transform context: its transform VConn).
+    pub cinfo_contp: usize,
+    /// `ts_lua_http_transform_ctx.upstream_watermark_bytes`.
+    pub transform_watermark: usize,
 }
 
 /// ts_lua in ATS 9.2.x (plugins/lua/ts_lua_common.h, ts_lua_coroutine.h), measured on 9.2.9.
@@ -48,6 +52,8 @@ pub const LAYOUT_9_2: Layout = Layout {
     async_chain: 40,
     txnp: 48,
     async_item_size: 48,
+    cinfo_contp: 24,
+    transform_watermark: 112,
 };
 
 /// Environment variable naming an untested `major.minor` the operator allows ts_ffi to treat
@@ -144,15 +150,23 @@ fn probe<const N: usize>(addr: usize) -> Option<[u8; N]> {
     Some(buf)
 }
 
-/// Checks that `ctx`, found in the environment table at stack index `env` of `l`, is a live
-/// ts_lua context owned by that environment, without trusting its memory: the registry slot
-/// it names must hold the coroutine it names, and that coroutine's environment must be `env`.
-/// A freed context fails: ts_lua unrefs the coroutine before freeing, and the environment we
-/// hold is alive, so no other coroutine can have it. A reused one names another coroutine.
+/// Who must own the coroutine a ts_lua continuation info names, for `validate`.
+enum Owner {
+    /// A coroutine whose environment is the table at this stack index.
+    Env(c_int),
+    /// Exactly the running coroutine.
+    Running,
+}
+
+/// Checks that the `ts_lua_cont_info` at `ci` (the head of every ts_lua context) is live and
+/// belongs to `owner`, without trusting its memory: the registry slot it names must hold the
+/// coroutine it names, and that coroutine must be the owner. A freed context fails: ts_lua
+/// unrefs the coroutine before freeing, and the owner (an environment or coroutine we hold)
+/// is alive, so no other context can name it. A reused one names another coroutine.
 ///
-/// SAFETY: `l` is the running Lua state and `env` a valid absolute index on its stack.
-unsafe fn validate(l: *mut lua::lua_State, env: c_int, ctx: *mut u8, layout: Layout) -> bool {
-    let Some(words) = probe::<16>(ctx as usize + layout.routine_lua) else {
+/// SAFETY: `l` is the running Lua state; an `Env` index is valid on its stack.
+unsafe fn validate(l: *mut lua::lua_State, ci: *mut u8, layout: Layout, owner: Owner) -> bool {
+    let Some(words) = probe::<16>(ci as usize + layout.routine_lua) else {
         return false;
     };
     let (lua_bytes, ref_bytes) = words.split_at(8);
@@ -165,14 +179,61 @@ unsafe fn validate(l: *mut lua::lua_State, env: c_int, ctx: *mut u8, layout: Lay
         lua::lua_rawgeti(l, lua::LUA_REGISTRYINDEX, reg_ref.into());
         let ok = lua::lua_type(l, -1) == lua::LUA_TTHREAD
             && lua::lua_tothread(l, -1) as usize == co
-            && {
-                lua::lua_getfenv(l, -1);
-                let same = lua::lua_rawequal(l, -1, env) != 0;
-                lua::lua_pop(l, 1);
-                same
+            && match owner {
+                Owner::Running => co == l as usize,
+                Owner::Env(env) => {
+                    lua::lua_getfenv(l, -1);
+                    let same = lua::lua_rawequal(l, -1, env) != 0;
+                    lua::lua_pop(l, 1);
+                    same
+                }
             };
         lua::lua_pop(l, 1);
         ok
+    }
+}
+
+/// The light userdata at `key` in the running coroutine's environment, or null.
+///
+/// SAFETY: `l` is the running Lua state.
+unsafe fn env_pointer(l: *mut lua::lua_State, key: &CStr) -> *mut u8 {
+    unsafe {
+        lua::lua_pushstring(l, key.as_ptr());
+        lua::lua_rawget(l, lua::LUA_GLOBALSINDEX);
+        let p = if lua::lua_type(l, -1) == lua::LUA_TLIGHTUSERDATA {
+            lua::lua_touserdata(l, -1) as *mut u8
+        } else {
+            std::ptr::null_mut()
+        };
+        lua::lua_pop(l, 1);
+        p
+    }
+}
+
+/// The ts_lua transform context whose handler is running on `l`: ts_lua sets
+/// `__ts_cont_info` to the transform's continuation info (the head of its context) before it
+/// resumes the handler, and keys the handler function by that pointer in the environment.
+/// `__ts_http_transform_ctx` is not used: the transaction's transforms share one environment,
+/// so it names the last transform created, not the running one. Returns the context and the
+/// layout, or `NoTxn` when no ts_lua transform handler is running on `l`.
+///
+/// SAFETY: `l` is the running Lua state.
+pub unsafe fn running_ts_lua_transform(l: *mut lua::lua_State) -> Result<(*mut u8, Layout), Code> {
+    api()?;
+    let layout = layout()?;
+    unsafe {
+        let ci = env_pointer(l, c"__ts_cont_info");
+        if ci.is_null() {
+            return Err(Code::NoTxn);
+        }
+        lua::lua_pushlightuserdata(l, ci.cast());
+        lua::lua_rawget(l, lua::LUA_GLOBALSINDEX);
+        let is_transform = lua::lua_type(l, -1) == lua::LUA_TFUNCTION;
+        lua::lua_pop(l, 1);
+        if !is_transform || !validate(l, ci, layout, Owner::Running) {
+            return Err(Code::NoTxn);
+        }
+        Ok((ci, layout))
     }
 }
 
@@ -238,17 +299,10 @@ unsafe fn acquire(l: *mut lua::lua_State) -> Result<*const CtxRec, Code> {
     api()?;
     let layout = layout()?;
     unsafe {
+        let ctx = env_pointer(l, c"__ts_http_ctx");
         lua::lua_pushvalue(l, lua::LUA_GLOBALSINDEX);
         let env = lua::lua_gettop(l);
-        lua::lua_pushstring(l, c"__ts_http_ctx".as_ptr());
-        lua::lua_rawget(l, env);
-        let ctx = if lua::lua_type(l, -1) == lua::LUA_TLIGHTUSERDATA {
-            lua::lua_touserdata(l, -1) as *mut u8
-        } else {
-            std::ptr::null_mut()
-        };
-        lua::lua_pop(l, 1);
-        let live = !ctx.is_null() && validate(l, env, ctx, layout);
+        let live = !ctx.is_null() && validate(l, ctx, layout, Owner::Env(env));
         lua::lua_pop(l, 1);
         if ctx.is_null() {
             return Err(Code::NoTxn);
@@ -273,11 +327,7 @@ pub unsafe extern "C-unwind" fn lua_ctx_acquire(l: *mut lua::lua_State) -> c_int
                 lua::lua_pushlightuserdata(l, rec as *mut c_void);
                 1
             }
-            Err(code) => {
-                lua::lua_pushnil(l);
-                lua::lua_pushstring(l, crate::cstr_name(code).as_ptr());
-                2
-            }
+            Err(code) => crate::push_reply(l, Err(code)),
         }
     }
 }

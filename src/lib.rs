@@ -7,12 +7,14 @@
 //! - `codes`: return codes of the flat functions and the panic guard.
 //! - one file per ATS area (`info`, `txn`, `ssn`), mirrored by `lua/ts_ffi/<area>.lua`.
 
+mod addr;
 mod api;
 mod codes;
 mod ctx;
 mod info;
 mod ssn;
 mod sys;
+mod transform;
 mod txn;
 
 use codes::Code;
@@ -30,6 +32,25 @@ pub(crate) fn reply<T: IntoLuaMulti>(lua: &Lua, r: Result<T, Code>) -> LuaResult
 
 pub(crate) fn cstr_name(code: Code) -> CString {
     CString::new(code.name()).unwrap_or_default()
+}
+
+/// `reply` for raw lua_CFunctions: pushes a number, or `nil, code_name`; returns the count.
+///
+/// SAFETY: `l` is the running Lua state.
+pub(crate) unsafe fn push_reply(l: *mut mlua::ffi::lua_State, r: Result<f64, Code>) -> std::os::raw::c_int {
+    unsafe {
+        match r {
+            Ok(n) => {
+                mlua::ffi::lua_pushnumber(l, n);
+                1
+            }
+            Err(code) => {
+                mlua::ffi::lua_pushnil(l);
+                mlua::ffi::lua_pushstring(l, cstr_name(code).as_ptr());
+                2
+            }
+        }
+    }
 }
 
 /// The path of this shared object (for `ffi.load`), pinned in memory: ts_lua's contexts keep
@@ -59,6 +80,9 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
         names.raw_set(code.as_int(), code.name())?;
     }
     m.set("code_names", names)?;
+    // SAFETY: as ctx_acquire.
+    m.set("transform_watermark", unsafe { lua.create_c_function(transform::lua_transform_watermark)? })?;
+    m.set("max_watermark", transform::MAX_WATERMARK)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
     info::register(lua, &m)?;
     Ok(m)

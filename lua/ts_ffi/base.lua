@@ -61,14 +61,20 @@ local function message(code, tsfn)
   return "internal error (" .. tostring(code) .. ")"
 end
 
--- Raises `fname: msg (at file:line)`. The message starts with the public function's name;
--- the location is that of the script line that called it (`level` frames above throw's
--- caller: 1 = the public function's caller).
+-- Raises `fname: msg (at file:line)`: the message starts with the public function's name,
+-- and the location is the nearest Lua line outside ts_ffi's own modules (robust to tail
+-- calls, unlike error levels). `level` is kept for call sites' readability only.
 local getinfo = debug.getinfo
 local function throw(fname, msg, level)
-  local info = getinfo(level + 2, "Sl")
-  local where = info and info.currentline and info.currentline > 0
-    and " (at " .. info.short_src .. ":" .. info.currentline .. ")" or ""
+  local where = ""
+  for lv = 2, 30 do
+    local info = getinfo(lv, "Sl")
+    if not info then break end
+    if info.currentline > 0 and not info.source:find("/ts_ffi/[%w_]+%.lua$") then
+      where = " (at " .. info.short_src .. ":" .. info.currentline .. ")"
+      break
+    end
+  end
   error(fname .. ": " .. msg .. where, 0)
 end
 _M.throw = throw
@@ -107,6 +113,20 @@ function _M.get_ctx(fname)
   rec = ffi_gc(ffi_cast(rec_ptr_t, ud), release)
   rawset(env, REC_KEY, rec)
   return rec
+end
+
+-- A short, safe description of an argument for error messages.
+function _M.describe(v)
+  local t = type(v)
+  if t == "string" then
+    if #v > 40 or v:find("[%z\1-\31\127-\255]") then
+      return "a string of " .. #v .. " bytes"
+    end
+    return '"' .. v .. '"'
+  elseif t == "number" or t == "boolean" or t == "nil" then
+    return tostring(v)
+  end
+  return t
 end
 
 -- Raises unless the call had no arguments.

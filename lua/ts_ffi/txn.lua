@@ -4,16 +4,26 @@
 
 local ffi = require "ffi"
 local base = require "ts_ffi.base"
-local C, get_ctx, fail, no_args = base.C, base.get_ctx, base.fail, base.no_args
-local tonumber = tonumber
+local C, get_ctx, fail, no_args, throw = base.C, base.get_ctx, base.fail, base.no_args, base.throw
+local select, tonumber, type, ffi_string = select, tonumber, type, ffi.string
 
 ffi.cdef [[
 int ts_ffi_txn_id(const ts_ffi_ctx *rec, int64_t *out);
 int ts_ffi_txn_client_fd(const ts_ffi_ctx *rec, int *out);
+int ts_ffi_txn_server_fd(const ts_ffi_ctx *rec, int *out);
+int ts_ffi_txn_is_aborted(const ts_ffi_ctx *rec, int *out);
+int ts_ffi_txn_next_hop_addr(const ts_ffi_ctx *rec, char *ip, size_t ip_len, int *port, int *family);
+int ts_ffi_txn_remap_url(const ts_ffi_ctx *rec, int which, char **out, int *len);
+int ts_ffi_txn_set_outgoing_addr(const ts_ffi_ctx *rec, const char *ip, size_t ip_len, int port);
+int ts_ffi_txn_clear_outgoing_addr(const ts_ffi_ctx *rec);
+void ts_ffi_free(void *p);
 ]]
 
 local i64 = ffi.new("int64_t[1]")
 local int = ffi.new("int[1]")
+local int2 = ffi.new("int[1]")
+local str = ffi.new("char *[1]")
+local ipbuf = ffi.new("char[64]")
 
 local _M = {}
 
@@ -33,6 +43,88 @@ function _M.client_fd(...)
     return fail("ts_ffi.txn.client_fd", rc, "TSHttpTxnClientFdGet", "client connection is gone")
   end
   return int[0]
+end
+
+function _M.server_fd(...)
+  no_args("ts_ffi.txn.server_fd", ...)
+  local rc = C.ts_ffi_txn_server_fd(get_ctx("ts_ffi.txn.server_fd"), int)
+  if rc ~= 0 then
+    return fail("ts_ffi.txn.server_fd", rc, "TSHttpTxnServerFdGet", "no origin connection")
+  end
+  return int[0]
+end
+
+function _M.is_aborted(...)
+  no_args("ts_ffi.txn.is_aborted", ...)
+  local rc = C.ts_ffi_txn_is_aborted(get_ctx("ts_ffi.txn.is_aborted"), int)
+  if rc ~= 0 then
+    return fail("ts_ffi.txn.is_aborted", rc, "TSHttpTxnAborted")
+  end
+  return int[0] == 1
+end
+
+function _M.next_hop_addr(...)
+  no_args("ts_ffi.txn.next_hop_addr", ...)
+  local rc = C.ts_ffi_txn_next_hop_addr(get_ctx("ts_ffi.txn.next_hop_addr"), ipbuf, 64, int, int2)
+  if rc ~= 0 then
+    return fail("ts_ffi.txn.next_hop_addr", rc, "TSHttpTxnNextHopAddrGet", "no next hop chosen yet")
+  end
+  return ffi_string(ipbuf), int[0], int2[0] == 4 and "inet" or "inet6"
+end
+
+local function remap_url(fname, which, tsfn)
+  local rc = C.ts_ffi_txn_remap_url(get_ctx(fname), which, str, int)
+  if rc ~= 0 then
+    return fail(fname, rc, tsfn, "no remap rule matched")
+  end
+  local url = ffi_string(str[0], int[0])
+  C.ts_ffi_free(str[0])
+  return url
+end
+
+function _M.remap_from_url(...)
+  no_args("ts_ffi.txn.remap_from_url", ...)
+  return remap_url("ts_ffi.txn.remap_from_url", 0, "TSRemapFromUrlGet")
+end
+
+function _M.remap_to_url(...)
+  no_args("ts_ffi.txn.remap_to_url", ...)
+  return remap_url("ts_ffi.txn.remap_to_url", 1, "TSRemapToUrlGet")
+end
+
+local TOO_LATE = "too late: the origin connection exists or the client has gone"
+
+function _M.set_outgoing_addr(ip, port, ...)
+  local fname = "ts_ffi.txn.set_outgoing_addr"
+  if select("#", ...) ~= 0 then
+    throw(fname, "takes an address and an optional port", 1)
+  end
+  if type(ip) ~= "string" or #ip > 63 then
+    throw(fname, "bad address (an IPv4 or IPv6 address string expected, got "
+      .. base.describe(ip) .. ")", 1)
+  end
+  if port == nil then
+    port = 0
+  elseif type(port) ~= "number" or port ~= port or port % 1 ~= 0 or port < 0 or port > 65535 then
+    throw(fname, "bad port (an integer from 0 to 65535 expected, got " .. base.describe(port) .. ")", 1)
+  end
+  local rc = C.ts_ffi_txn_set_outgoing_addr(get_ctx(fname), ip, #ip, port)
+  if rc == base.codes.bad_arg then
+    throw(fname, "bad address (an IPv4 or IPv6 address string expected, got "
+      .. base.describe(ip) .. ")", 1)
+  elseif rc ~= 0 then
+    return fail(fname, rc, "TSHttpTxnOutgoingAddrSet", TOO_LATE)
+  end
+  return true
+end
+
+function _M.clear_outgoing_addr(...)
+  no_args("ts_ffi.txn.clear_outgoing_addr", ...)
+  local rc = C.ts_ffi_txn_clear_outgoing_addr(get_ctx("ts_ffi.txn.clear_outgoing_addr"))
+  if rc ~= 0 then
+    return fail("ts_ffi.txn.clear_outgoing_addr", rc, "TSHttpTxnOutgoingAddrSet", TOO_LATE)
+  end
+  return true
 end
 
 return _M

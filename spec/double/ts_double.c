@@ -12,6 +12,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <lauxlib.h>
 #include <lua.h>
 
@@ -48,7 +52,41 @@ typedef struct {
   uint64_t id;
   int client_fd; /* -1: the client connection is gone */
   fake_ssn *ssn; /* NULL: no session */
+  int server_fd; /* -1: no origin connection */
+  int aborted;
+  int has_next_hop;
+  struct sockaddr_storage next_hop;
+  char *from_url, *to_url; /* NULL: no remap rule */
+  int outgoing_sets;
+  struct sockaddr_storage outgoing;
 } fake_txn;
+
+/* A transform VConn with its input VIO and buffer, as far as ts_ffi looks. */
+typedef struct {
+  int64_t watermark;
+} fake_buffer;
+typedef struct {
+  fake_buffer *buffer;
+} fake_vio;
+typedef struct {
+  fake_vio *vio;
+} fake_vconn;
+
+/* ts_lua's transform context: cont info first, upstream_watermark_bytes at 112. */
+typedef struct {
+  void *mctx;
+  lua_State *lua;
+  int ref;
+  void *contp; /* 24: the transform VConn */
+  void *mutex;
+  async_item *async_chain;
+  char io[48];   /* output, reserved */
+  void *hctx;    /* 96 */
+  int64_t upstream_bytes;
+  int64_t upstream_watermark_bytes; /* 112 */
+  int64_t downstream_bytes;
+  int64_t total;
+} fake_transform_ctx;
 
 static char version[32] = "9.2.9";
 static int v_major = 9, v_minor = 2, v_patch = 9;
@@ -75,6 +113,50 @@ int TSHttpTxnClientFdGet(void *txnp, int *fdp) {
 void *TSHttpTxnSsnGet(void *txnp) { return ((fake_txn *)txnp)->ssn; }
 int64_t TSHttpSsnIdGet(void *ssnp) { return ((fake_ssn *)ssnp)->id; }
 
+int TSHttpTxnServerFdGet(void *txnp, int *fdp) {
+  fake_txn *t = txnp;
+  *fdp = -1;
+  if (t->server_fd < 0) return -1;
+  *fdp = t->server_fd;
+  return 0;
+}
+
+int TSHttpTxnAborted(void *txnp) { return ((fake_txn *)txnp)->aborted ? 0 : -1; }
+
+const struct sockaddr *TSHttpTxnNextHopAddrGet(void *txnp) {
+  fake_txn *t = txnp;
+  return t->has_next_hop ? (const struct sockaddr *)&t->next_hop : NULL;
+}
+
+/* The URL handle is the string itself. */
+static int remap_url(char *url, void **locp) {
+  if (!url) return -1;
+  *locp = url;
+  return 0;
+}
+int TSRemapFromUrlGet(void *txnp, void **locp) { return remap_url(((fake_txn *)txnp)->from_url, locp); }
+int TSRemapToUrlGet(void *txnp, void **locp) { return remap_url(((fake_txn *)txnp)->to_url, locp); }
+char *TSUrlStringGet(void *bufp, void *loc, int *length) {
+  (void)bufp;
+  *length = (int)strlen(loc);
+  return strdup(loc);
+}
+
+int TSHttpTxnOutgoingAddrSet(void *txnp, const struct sockaddr *addr) {
+  fake_txn *t = txnp;
+  size_t n = addr->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+           : addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr);
+  memset(&t->outgoing, 0, sizeof t->outgoing);
+  memcpy(&t->outgoing, addr, n);
+  t->outgoing_sets++;
+  return 0;
+}
+
+void *TSVConnWriteVIOGet(void *connp) { return ((fake_vconn *)connp)->vio; }
+void *TSVIOBufferGet(void *viop) { return ((fake_vio *)viop)->buffer; }
+int64_t TSIOBufferWaterMarkGet(void *bufp) { return ((fake_buffer *)bufp)->watermark; }
+void TSIOBufferWaterMarkSet(void *bufp, int64_t wm) { ((fake_buffer *)bufp)->watermark = wm; }
+
 void *_TSmalloc(size_t size, const char *path) { (void)path; return malloc(size); }
 void _TSfree(void *p) { free(p); }
 
@@ -96,6 +178,7 @@ static int d_new_txn(lua_State *L) {
   memset(ctx, 0, sizeof *ctx);
   txn->id = ++next_txn_id;
   txn->client_fd = 7;
+  txn->server_fd = -1;
   txn->ssn = calloc(1, sizeof *txn->ssn);
   txn->ssn->id = (int64_t)txn->id + 500000;
   if (lua_istable(L, 1)) {
@@ -148,6 +231,8 @@ static int d_release(lua_State *L) {
   luaL_unref(L, LUA_REGISTRYINDEX, ctx->ref);
   fake_txn *txn = ctx->txnp;
   free(txn->ssn);
+  free(txn->from_url);
+  free(txn->to_url);
   free(txn);
   ctx->txnp = NULL;
   if (pooled < 64) pool[pooled++] = ctx;
@@ -186,6 +271,125 @@ static int d_run(lua_State *L) {
   return nres + 1;
 }
 
+static fake_txn *txn_of(lua_State *L) {
+  fake_http_ctx *ctx = lua_touserdata(L, 1);
+  luaL_argcheck(L, ctx && ctx->txnp, 1, "live fake context expected");
+  return ctx->txnp;
+}
+
+static void set_string(char **slot, lua_State *L, int idx) {
+  free(*slot);
+  *slot = lua_isstring(L, idx) ? strdup(lua_tostring(L, idx)) : NULL;
+}
+
+/* double.set_txn(ctx, { server_fd =, aborted =, next_hop = {ip, port} | false,
+ *                       from_url =, to_url = })  (false clears a field) */
+static int d_set_txn(lua_State *L) {
+  fake_txn *t = txn_of(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 2, "server_fd");
+  if (!lua_isnil(L, -1)) t->server_fd = lua_toboolean(L, -1) ? (int)lua_tointeger(L, -1) : -1;
+  lua_getfield(L, 2, "aborted");
+  if (!lua_isnil(L, -1)) t->aborted = lua_toboolean(L, -1);
+  lua_getfield(L, 2, "from_url");
+  if (!lua_isnil(L, -1)) set_string(&t->from_url, L, -1);
+  lua_getfield(L, 2, "to_url");
+  if (!lua_isnil(L, -1)) set_string(&t->to_url, L, -1);
+  lua_getfield(L, 2, "next_hop");
+  if (lua_istable(L, -1)) {
+    const char *ip;
+    int port;
+    lua_rawgeti(L, -1, 1);
+    lua_rawgeti(L, -2, 2);
+    ip = luaL_checkstring(L, -2);
+    port = (int)luaL_checkinteger(L, -1);
+    memset(&t->next_hop, 0, sizeof t->next_hop);
+    if (strchr(ip, ':')) {
+      struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&t->next_hop;
+      s6->sin6_family = AF_INET6;
+      s6->sin6_port = htons(port);
+      luaL_argcheck(L, inet_pton(AF_INET6, ip, &s6->sin6_addr) == 1, 2, "bad next_hop");
+    } else {
+      struct sockaddr_in *s4 = (struct sockaddr_in *)&t->next_hop;
+      s4->sin_family = AF_INET;
+      s4->sin_port = htons(port);
+      luaL_argcheck(L, inet_pton(AF_INET, ip, &s4->sin_addr) == 1, 2, "bad next_hop");
+    }
+    t->has_next_hop = 1;
+  } else if (lua_isboolean(L, -1)) {
+    t->has_next_hop = 0;
+  }
+  return 0;
+}
+
+/* double.outgoing(ctx) -> times set, "ip", port | "unspec" */
+static int d_outgoing(lua_State *L) {
+  fake_txn *t = txn_of(L);
+  char text[INET6_ADDRSTRLEN] = "unspec";
+  int port = 0;
+  lua_pushinteger(L, t->outgoing_sets);
+  if (t->outgoing.ss_family == AF_INET) {
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&t->outgoing;
+    inet_ntop(AF_INET, &s4->sin_addr, text, sizeof text);
+    port = ntohs(s4->sin_port);
+  } else if (t->outgoing.ss_family == AF_INET6) {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&t->outgoing;
+    inet_ntop(AF_INET6, &s6->sin6_addr, text, sizeof text);
+    port = ntohs(s6->sin6_port);
+  }
+  lua_pushstring(L, text);
+  lua_pushinteger(L, port);
+  return 3;
+}
+
+/* double.new_transform(txn_thread, handler [, has_buffer]) -> thread, tctx
+ * A ts_lua transform: a coroutine made from the transaction's (sharing its environment), a
+ * registry reference, the handler keyed by the context pointer, and a VConn whose input
+ * buffer has a watermark. Run its handler with double.run_transform. */
+static int d_new_transform(lua_State *L) {
+  lua_State *tl = lua_tothread(L, 1);
+  fake_transform_ctx *tc = calloc(1, sizeof *tc);
+  fake_vconn *vc = calloc(1, sizeof *vc);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  vc->vio = calloc(1, sizeof *vc->vio);
+  if (lua_isnoneornil(L, 3) || lua_toboolean(L, 3)) vc->vio->buffer = calloc(1, sizeof(fake_buffer));
+  tc->contp = vc;
+  lua_State *l = lua_newthread(tl); /* shares tl's environment */
+  lua_xmove(tl, L, 1);              /* the thread, onto our stack */
+  lua_pushvalue(L, -1);
+  tc->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  tc->lua = l;
+  lua_pushlightuserdata(l, tc);
+  lua_pushvalue(L, 2);
+  lua_xmove(L, l, 1);
+  lua_rawset(l, LUA_GLOBALSINDEX); /* env[tctx] = handler */
+  lua_pushliteral(l, "__ts_http_transform_ctx");
+  lua_pushlightuserdata(l, tc);
+  lua_rawset(l, LUA_GLOBALSINDEX);
+  lua_pushlightuserdata(L, tc);
+  return 2;
+}
+
+/* double.set_cont_info(thread, ptr | nil): __ts_cont_info, as ts_lua sets it before running
+ * a handler (the transform's context, or the transaction's). */
+static int d_set_cont_info(lua_State *L) {
+  lua_State *l = lua_tothread(L, 1);
+  lua_pushliteral(l, "__ts_cont_info");
+  lua_pushlightuserdata(l, lua_touserdata(L, 2));
+  lua_rawset(l, LUA_GLOBALSINDEX);
+  return 0;
+}
+
+/* double.transform_state(tctx) -> buffer watermark | nil, ts_lua's upstream_watermark_bytes */
+static int d_transform_state(lua_State *L) {
+  fake_transform_ctx *tc = lua_touserdata(L, 1);
+  fake_vconn *vc = tc->contp;
+  if (vc->vio->buffer) lua_pushnumber(L, (lua_Number)vc->vio->buffer->watermark);
+  else lua_pushnil(L);
+  lua_pushnumber(L, (lua_Number)tc->upstream_watermark_bytes);
+  return 2;
+}
+
 /* double.set_version(major, minor, patch) */
 static int d_set_version(lua_State *L) {
   v_major = (int)luaL_checkinteger(L, 1);
@@ -209,6 +413,9 @@ int luaopen_ts_double(lua_State *L) {
       {"chain_length", d_chain_length}, {"set_client_fd", d_set_client_fd},
       {"set_version", d_set_version}, {"setenv", d_setenv},
       {"run", d_run},
+      {"set_txn", d_set_txn},         {"outgoing", d_outgoing},
+      {"new_transform", d_new_transform}, {"set_cont_info", d_set_cont_info},
+      {"transform_state", d_transform_state},
       {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
