@@ -237,6 +237,23 @@ function Sandbox:get_parallel(host, paths, opts)
   return out
 end
 
+-- GETs on one client connection (curl reuses it), in order; returns the responses.
+function Sandbox:get_sequence(host, paths, opts)
+  opts = opts or {}
+  local args = {}
+  for i, path in ipairs(paths) do
+    args[#args + 1] = string.format("-o %s/seq.%d http://127.0.0.1:%d%s", self.dir, i, self.port,
+      shell_quote(path))
+  end
+  os.execute(string.format("curl -s -i --max-time %d -H %s %s >/dev/null 2>&1",
+    opts.timeout or 20, shell_quote("Host: " .. host), table.concat(args, " ")))
+  local out = {}
+  for i = 1, #paths do
+    out[i] = parse_response(read(self.dir .. "/seq." .. i) or "")
+  end
+  return out
+end
+
 function Sandbox:stop()
   for _, pid in ipairs { self.pid, self.origin_pid } do
     if alive(pid) then
