@@ -43,6 +43,10 @@ pub struct Layout {
     pub cinfo_contp: usize,
     /// `ts_lua_http_transform_ctx.upstream_watermark_bytes`.
     pub transform_watermark: usize,
+    /// `ts_lua_http_ctx.has_hook` (int): ts_lua keeps the context until TXN_CLOSE when set.
+    pub http_has_hook: usize,
+    /// `ts_lua_main_ctx.mutexp`, the per-VM lock (the context's `cinfo.routine.mctx` is at 0).
+    pub main_mutex: usize,
 }
 
 /// ts_lua in ATS 9.2.x (plugins/lua/ts_lua_common.h, ts_lua_coroutine.h), measured on 9.2.9.
@@ -54,6 +58,8 @@ pub const LAYOUT_9_2: Layout = Layout {
     async_item_size: 48,
     cinfo_contp: 24,
     transform_watermark: 112,
+    http_has_hook: 160,
+    main_mutex: 8,
 };
 
 /// Environment variable naming an untested `major.minor` the operator allows ts_ffi to treat
@@ -106,6 +112,27 @@ impl CtxRec {
         let txn = unsafe { read_ptr(self.ctx, self.layout.txnp) } as TSHttpTxn;
         if txn.is_null() { Err(Code::NoTxn) } else { Ok(txn) }
     }
+}
+
+impl CtxRec {
+    /// The live ts_lua context and its layout (`Gone` once ts_lua released it).
+    pub fn context(&self) -> Result<(*mut u8, Layout), Code> {
+        if self.alive.load(Ordering::Acquire) { Ok((self.ctx, self.layout)) } else { Err(Code::Gone) }
+    }
+
+    /// Whether ts_lua still holds the context.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
+
+/// The running transaction's checked context, for native code that needs more than the
+/// transaction handle (the caller owns the returned record).
+///
+/// SAFETY: `l` is the running Lua state.
+pub unsafe fn current(l: *mut lua::lua_State) -> Result<Arc<CtxRec>, Code> {
+    // SAFETY: `acquire` hands out one reference, which becomes this Arc.
+    unsafe { acquire(l).map(|rec| Arc::from_raw(rec)) }
 }
 
 /// The transaction of the record a Lua wrapper passes to a flat function.

@@ -9,6 +9,7 @@
 
 mod addr;
 mod api;
+mod body;
 mod codes;
 mod ctx;
 mod info;
@@ -83,6 +84,9 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     // SAFETY: as ctx_acquire.
     m.set("transform_watermark", unsafe { lua.create_c_function(transform::lua_transform_watermark)? })?;
     m.set("max_watermark", transform::MAX_WATERMARK)?;
+    // SAFETY: as ctx_acquire.
+    m.set("transform_add", unsafe { lua.create_c_function(body::lua_transform_add)? })?;
+    m.set("max_min_chunk", body::MAX_MIN_CHUNK)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
     info::register(lua, &m)?;
     Ok(m)

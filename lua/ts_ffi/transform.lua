@@ -1,12 +1,16 @@
 -- ts_ffi.transform: body transforms.
 --
+-- response(handler [, opts]) / request(handler [, opts]) register ts_ffi's own transform on
+-- the running transaction: handler(data, eos) gets the body in pieces of at least
+-- opts.min_chunk bytes (except the last), eos exactly once, and returns what to send on.
+--
 -- set_watermark / watermark act on the input buffer of the ts_lua transform whose handler is
 -- running (registered with ts.hook(TS_LUA_RESPONSE_TRANSFORM, f) or TS_LUA_REQUEST_TRANSFORM);
 -- anywhere else they raise.
 
 local base = require "ts_ffi.base"
 local native, throw, no_args, describe = base.native, base.throw, base.no_args, base.describe
-local type, select = type, select
+local pairs, type, select = pairs, type, select
 
 local _M = {}
 
@@ -42,6 +46,51 @@ function _M.set_watermark(bytes, ...)
   end
   local v, code = native.transform_watermark(bytes)
   return answer(fname, "TSIOBufferWaterMarkSet", v, code)
+end
+
+local MAX_CHUNK = native.max_min_chunk
+local add = native.transform_add
+
+local function register(fname, is_response, handler, opts, extra)
+  if extra ~= nil then
+    throw(fname, "takes a handler function and an optional options table", 2)
+  end
+  if type(handler) ~= "function" then
+    throw(fname, "bad handler (a function expected, got " .. describe(handler) .. ")", 2)
+  end
+  local min_chunk = 0
+  if opts ~= nil then
+    if type(opts) ~= "table" then
+      throw(fname, "bad options (a table expected, got " .. describe(opts) .. ")", 2)
+    end
+    for k in pairs(opts) do
+      if k ~= "min_chunk" then
+        throw(fname, "unknown option " .. describe(k), 2)
+      end
+    end
+    min_chunk = opts.min_chunk or 0
+    if type(min_chunk) ~= "number" or min_chunk ~= min_chunk or min_chunk % 1 ~= 0
+      or min_chunk < 0 or min_chunk > MAX_CHUNK then
+      throw(fname, "bad min_chunk (an integer from 0 to " .. MAX_CHUNK .. " expected, got "
+        .. describe(opts.min_chunk) .. ")", 2)
+    end
+  end
+  local ok, code = add(is_response, handler, min_chunk)
+  if ok then
+    return true
+  elseif code == "declined" then
+    return nil, "too late: this transaction's " .. (is_response and "response" or "request")
+      .. " body has already started"
+  end
+  base.check(fname, "TSTransformCreate", nil, code)
+end
+
+function _M.response(handler, opts, ...)
+  return register("ts_ffi.transform.response", true, handler, opts, (...))
+end
+
+function _M.request(handler, opts, ...)
+  return register("ts_ffi.transform.request", false, handler, opts, (...))
 end
 
 return _M

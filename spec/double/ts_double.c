@@ -59,7 +59,15 @@ typedef struct {
   char *from_url, *to_url; /* NULL: no remap rule */
   int outgoing_sets;
   struct sockaddr_storage outgoing;
+  int response_started; /* the origin response header has been read */
+  int hooks[16];        /* TSHttpTxnHookAdd calls by hook id */
 } fake_txn;
+
+/* A continuation (TSContCreate / TSTransformCreate): handler and data. */
+typedef struct {
+  void *func;
+  void *data;
+} fake_cont;
 
 /* A transform VConn with its input VIO and buffer, as far as ts_ffi looks. */
 typedef struct {
@@ -157,6 +165,31 @@ void *TSVIOBufferGet(void *viop) { return ((fake_vio *)viop)->buffer; }
 int64_t TSIOBufferWaterMarkGet(void *bufp) { return ((fake_buffer *)bufp)->watermark; }
 void TSIOBufferWaterMarkSet(void *bufp, int64_t wm) { ((fake_buffer *)bufp)->watermark = wm; }
 
+int TSHttpTxnServerRespGet(void *txnp, void **bufp, void **locp) {
+  fake_txn *t = txnp;
+  if (!t->response_started) return -1;
+  *bufp = t;
+  *locp = t;
+  return 0;
+}
+int TSHandleMLocRelease(void *bufp, void *parent, void *loc) { (void)bufp; (void)parent; (void)loc; return 0; }
+void *TSContCreate(void *func, void *mutex) {
+  fake_cont *c = calloc(1, sizeof *c);
+  (void)mutex;
+  c->func = func;
+  return c;
+}
+void *TSTransformCreate(void *func, void *txnp) { (void)txnp; return TSContCreate(func, NULL); }
+void TSContDataSet(void *contp, void *data) { ((fake_cont *)contp)->data = data; }
+void *TSContDataGet(void *contp) { return ((fake_cont *)contp)->data; }
+void *TSContMutexGet(void *contp) { (void)contp; return NULL; }
+void TSHttpTxnHookAdd(void *txnp, int id, void *contp) {
+  (void)contp;
+  if (id >= 0 && id < 16) ((fake_txn *)txnp)->hooks[id]++;
+}
+void TSMutexLock(void *m) { (void)m; }
+void TSMutexUnlock(void *m) { (void)m; }
+
 void *_TSmalloc(size_t size, const char *path) { (void)path; return malloc(size); }
 void _TSfree(void *p) { free(p); }
 
@@ -191,6 +224,8 @@ static int d_new_txn(lua_State *L) {
     lua_pop(L, 1);
   }
   ctx->txnp = txn;
+  static void *fake_main_ctx[4]; /* ts_lua_main_ctx: lua, mutexp, ... */
+  ctx->mctx = fake_main_ctx;
 
   lua_State *l = lua_newthread(L); /* [thread] */
   lua_newtable(l);
@@ -289,6 +324,8 @@ static int d_set_txn(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_getfield(L, 2, "server_fd");
   if (!lua_isnil(L, -1)) t->server_fd = lua_toboolean(L, -1) ? (int)lua_tointeger(L, -1) : -1;
+  lua_getfield(L, 2, "response_started");
+  if (!lua_isnil(L, -1)) t->response_started = lua_toboolean(L, -1);
   lua_getfield(L, 2, "aborted");
   if (!lua_isnil(L, -1)) t->aborted = lua_toboolean(L, -1);
   lua_getfield(L, 2, "from_url");
@@ -390,6 +427,21 @@ static int d_transform_state(lua_State *L) {
   return 2;
 }
 
+/* double.hooks(ctx) -> { [hook id] = count }, has_hook (ts_lua's flag at offset 160) */
+static int d_hooks(lua_State *L) {
+  fake_http_ctx *ctx = lua_touserdata(L, 1);
+  fake_txn *t = txn_of(L);
+  lua_newtable(L);
+  for (int i = 0; i < 16; i++) {
+    if (t->hooks[i]) {
+      lua_pushinteger(L, t->hooks[i]);
+      lua_rawseti(L, -2, i);
+    }
+  }
+  lua_pushinteger(L, *(int *)((char *)ctx + 160));
+  return 2;
+}
+
 /* double.set_version(major, minor, patch) */
 static int d_set_version(lua_State *L) {
   v_major = (int)luaL_checkinteger(L, 1);
@@ -415,7 +467,7 @@ int luaopen_ts_double(lua_State *L) {
       {"run", d_run},
       {"set_txn", d_set_txn},         {"outgoing", d_outgoing},
       {"new_transform", d_new_transform}, {"set_cont_info", d_set_cont_info},
-      {"transform_state", d_transform_state},
+      {"transform_state", d_transform_state}, {"hooks", d_hooks},
       {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);

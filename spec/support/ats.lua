@@ -225,7 +225,8 @@ function Sandbox:get_parallel(host, paths, opts)
   opts = opts or {}
   local args = {}
   for i, path in ipairs(paths) do
-    args[#args + 1] = string.format("-o %s/par.%d http://127.0.0.1:%d%s", self.dir, i, self.port, path)
+    args[#args + 1] = string.format("-o %s/par.%d %s", self.dir, i,
+      shell_quote("http://127.0.0.1:" .. self.port .. path))
   end
   local cmd = string.format("curl -s -i -Z --parallel-max %d --max-time %d -H %s %s >/dev/null 2>&1",
     opts.max or #paths, opts.timeout or 20, shell_quote("Host: " .. host), table.concat(args, " "))
@@ -242,8 +243,8 @@ function Sandbox:get_sequence(host, paths, opts)
   opts = opts or {}
   local args = {}
   for i, path in ipairs(paths) do
-    args[#args + 1] = string.format("-o %s/seq.%d http://127.0.0.1:%d%s", self.dir, i, self.port,
-      shell_quote(path))
+    args[#args + 1] = string.format("-o %s/seq.%d %s", self.dir, i,
+      shell_quote("http://127.0.0.1:" .. self.port .. path))
   end
   os.execute(string.format("curl -s -i --max-time %d -H %s %s >/dev/null 2>&1",
     opts.timeout or 20, shell_quote("Host: " .. host), table.concat(args, " ")))

@@ -4,6 +4,8 @@
 -- port) and X-Origin-Path. Paths:
 --   /slow-chunked/<bytes>/<block>/<ms>  a chunked body of <bytes> 'x' in blocks, <ms> apart
 --   /empty                               200 with an empty body
+--   /echo                                200 with the request body (read by Content-Length
+--                                        or chunked)
 --   anything else                        200 with body "origin:<path>\n"
 local socket = require "socket"
 
@@ -11,7 +13,7 @@ local port, addr = tonumber(arg[1]), arg[2] or "127.0.0.1"
 local server = assert(socket.bind(addr, port))
 server:settimeout(nil)
 
-local function respond(c, path)
+local function respond(c, path, body_in)
   local peer_ip, peer_port = c:getpeername()
   local head = "HTTP/1.1 200 OK\r\nX-Origin-Peer: " .. peer_ip .. ":" .. peer_port
     .. "\r\nX-Origin-Path: " .. path .. "\r\nConnection: close\r\n"
@@ -28,7 +30,8 @@ local function respond(c, path)
     c:send("0\r\n\r\n")
     return
   end
-  local body = path == "/empty" and "" or ("origin:" .. path .. "\n")
+  local body = path == "/empty" and "" or path:match("^/echo") and body_in
+    or ("origin:" .. path .. "\n")
   c:send(head .. "Content-Length: " .. #body .. "\r\n\r\n" .. body)
 end
 
@@ -38,10 +41,27 @@ while true do
     c:settimeout(5)
     local line = c:receive("*l")
     local path = line and line:match("^%u+ (%S+)") or "/"
+    local length, chunked
     repeat
       local h = c:receive("*l")
+      local lh = h and h:lower() or ""
+      length = tonumber(lh:match("^content%-length:%s*(%d+)")) or length
+      chunked = chunked or lh:match("^transfer%-encoding:%s*chunked") ~= nil
     until not h or h == ""
-    pcall(respond, c, path)
+    local body_in = ""
+    if length and length > 0 then
+      body_in = c:receive(length) or ""
+    elseif chunked then
+      local parts = {}
+      while true do
+        local size = tonumber((c:receive("*l") or "0"):match("^%x+") or "0", 16)
+        if size == 0 then c:receive("*l") break end
+        parts[#parts + 1] = c:receive(size) or ""
+        c:receive("*l")
+      end
+      body_in = table.concat(parts)
+    end
+    pcall(respond, c, path, body_in)
     c:close()
   end
 end

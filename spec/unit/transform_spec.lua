@@ -67,3 +67,55 @@ describe("ts_ffi.transform watermark", function()
       double.error_of(transform.watermark, 1))
   end)
 end)
+
+describe("ts_ffi.transform.response / request", function()
+  local REQUEST_TRANSFORM, RESPONSE_TRANSFORM, TXN_CLOSE = 6, 7, 10
+
+  for _, which in ipairs { "response", "request" } do
+    local fname = "ts_ffi.transform." .. which
+    local f = function(...) return transform[which](...) end
+
+    it(which .. "() registers a transform and a TXN_CLOSE cleanup, and keeps ts_lua's context", function()
+      local thread, ctx = double.new_txn()
+      assert.same({ true, true }, { double.run(thread, f, function(d) return d end, { min_chunk = 10 }) })
+      local hooks, has_hook = double.hooks(ctx)
+      assert.equal(1, hooks[which == "response" and RESPONSE_TRANSFORM or REQUEST_TRANSFORM])
+      assert.equal(1, hooks[TXN_CLOSE])
+      assert.equal(1, has_hook)
+    end)
+
+    it(which .. "() returns nil, 'too late' once that body has started", function()
+      local thread, ctx = double.new_txn()
+      double.set_txn(ctx, which == "response" and { response_started = true } or { server_fd = 3 })
+      local ok, v, err = double.run(thread, f, function() end)
+      assert.same({ true, nil }, { ok, v })
+      assert.matches("^too late: this transaction's " .. which .. " body has already started", err)
+      assert.same({}, (double.hooks(ctx)))
+    end)
+
+    it(which .. "() raises without a transaction", function()
+      assert.matches("^" .. fname:gsub("%.", "%%.") .. ": no transaction in this context",
+        double.error_of(f, function() end))
+    end)
+
+    for _, case in ipairs {
+      { "bad handler", nil }, { "bad handler", "f" }, { "bad handler", {} },
+      { "bad options", function() end, 5 }, { "bad options", function() end, "x" },
+      { "unknown option", function() end, { min = 1 } },
+      { "bad min_chunk", function() end, { min_chunk = -1 } },
+      { "bad min_chunk", function() end, { min_chunk = 1.5 } },
+      { "bad min_chunk", function() end, { min_chunk = 0 / 0 } },
+      { "bad min_chunk", function() end, { min_chunk = 2 ^ 40 } },
+      { "bad min_chunk", function() end, { min_chunk = "1" } },
+      { "takes a handler", function() end, {}, 1 },
+    } do
+      it(which .. "() raises '" .. case[1] .. "' for bad arguments", function()
+        local thread = double.new_txn()
+        local _, err = double.run(thread, function()
+          return select(2, pcall(f, case[2], case[3], case[4]))
+        end)
+        assert.matches("^" .. fname:gsub("%.", "%%.") .. ": " .. case[1], err)
+      end)
+    end
+  end
+end)

@@ -1,0 +1,445 @@
+//! ts_ffi's own body transform (`ts_ffi.transform.response` / `.request`): a TSTransform
+//! VConn that hands the body to a Lua handler in pieces of at least `min_chunk` bytes and
+//! tells it about the end exactly once, also for empty and chunked bodies.
+//!
+//! Threads and locks: the VConn runs on the transaction's mutex (TSTransformCreate), so its
+//! events never overlap. The Lua handler runs in a coroutine of ts_ffi's own (made from the
+//! script's transaction coroutine, so it shares its environment) with `lua_pcall`, holding the
+//! VM's mutex as every ts_lua entry does; `lua_pcall` also makes it impossible to yield there.
+//!
+//! Lifetimes: registering sets ts_lua's `has_hook`, so ts_lua keeps the transaction context
+//! (and `ts.*` works in the handler) until TXN_CLOSE. Before each handler call the checked
+//! record of that context must still be alive; otherwise, and after a handler error, the body
+//! passes through unchanged. The VConn is destroyed when ATS closes it; a VConn ATS never used
+//! (registered too late, or no body) is closed by ts_ffi's TXN_CLOSE continuation.
+
+use crate::api::ts_fn;
+use crate::codes::Code;
+use crate::ctx::{self, CtxRec};
+use crate::sys::{self, TSCont, TSEvent, TSHttpTxn, TSIOBuffer, TSIOBufferReader, TSMutex, TSVIO};
+use mlua::ffi as lua;
+use std::os::raw::{c_char, c_int, c_void};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Largest `min_chunk` (64 MiB): larger only holds a whole body in memory.
+pub const MAX_MIN_CHUNK: i64 = 64 << 20;
+
+/// State shared by the VConn and the TXN_CLOSE continuation (both on the transaction mutex).
+struct Shared {
+    started: AtomicBool,
+    destroyed: AtomicBool,
+}
+
+struct Transform {
+    vm_lock: TSMutex,
+    /// ts_ffi's coroutine for the handler, kept alive by `thread_ref`.
+    thread: *mut lua::lua_State,
+    thread_ref: c_int,
+    handler_ref: c_int,
+    /// Where the handler was defined, for error logs.
+    origin: String,
+    rec: Arc<CtxRec>,
+    shared: Arc<Shared>,
+    min_chunk: usize,
+    pending: Vec<u8>,
+    out_buffer: TSIOBuffer,
+    out_reader: TSIOBufferReader,
+    out_vio: TSVIO,
+    out_total: i64,
+    eos_delivered: bool,
+    failed: bool,
+}
+
+/// Outcome of one handler call.
+enum Handled {
+    Output(Vec<u8>),
+    Failed(String),
+}
+
+impl Transform {
+    /// Runs the handler on `data` under the VM lock; never raises.
+    fn call_handler(&mut self, data: &[u8], eos: bool) -> Handled {
+        self.try_call(data, eos).unwrap_or_else(|code| Handled::Failed(code.name().into()))
+    }
+
+    fn try_call(&mut self, data: &[u8], eos: bool) -> Result<Handled, Code> {
+        let (lock, unlock) = (ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock));
+        // SAFETY: the thread is kept alive by `thread_ref`; the VM lock serializes every use of
+        // the VM; the thread's stack is left empty between calls.
+        unsafe {
+            lock(self.vm_lock);
+            let t = self.thread;
+            let result = if !self.rec.is_alive() {
+                Handled::Failed("the transaction's context was released".into())
+            } else {
+                lua::lua_settop(t, 0);
+                lua::lua_rawgeti(t, lua::LUA_REGISTRYINDEX, self.handler_ref.into());
+                lua::lua_pushlstring(t, data.as_ptr() as *const c_char, data.len());
+                lua::lua_pushboolean(t, c_int::from(eos));
+                if lua::lua_pcall(t, 2, 1, 0) != 0 {
+                    Handled::Failed(lua_text(t, -1).unwrap_or_else(|| "(error object is not a string)".into()))
+                } else {
+                    match lua::lua_type(t, -1) {
+                        lua::LUA_TNIL => Handled::Output(Vec::new()),
+                        lua::LUA_TSTRING => Handled::Output(lua_text_bytes(t, -1)),
+                        other => Handled::Failed(format!(
+                            "handler returned a {} (a string or nil expected)",
+                            type_name(other)
+                        )),
+                    }
+                }
+            };
+            lua::lua_settop(t, 0);
+            unlock(self.vm_lock);
+            Ok(result)
+        }
+    }
+
+    fn log_failure(&self, why: &str) {
+        let _ = (|| -> Result<(), Code> {
+            let error = ts_fn!(TSError);
+            let msg = format!(
+                "[ts_ffi] transform handler defined at {} failed: {}; the rest of the body passes through unchanged",
+                self.origin, why
+            );
+            if let Ok(msg) = std::ffi::CString::new(msg.replace('\0', "\\0")) {
+                // SAFETY: a "%s" format with one C string.
+                unsafe { error(c"%s".as_ptr(), msg.as_ptr()) };
+            }
+            Ok(())
+        })();
+    }
+
+    /// Hands `pending` to the handler (or passes it through after a failure) and writes what
+    /// comes back to the output.
+    fn flush(&mut self, eos: bool) -> Result<(), Code> {
+        let data = std::mem::take(&mut self.pending);
+        let out = if self.failed {
+            data
+        } else {
+            match self.call_handler(&data, eos) {
+                Handled::Output(out) => out,
+                Handled::Failed(why) => {
+                    self.failed = true;
+                    self.log_failure(&why);
+                    data
+                }
+            }
+        };
+        if eos {
+            self.eos_delivered = true;
+        }
+        if !out.is_empty() {
+            let write = ts_fn!(TSIOBufferWrite);
+            // SAFETY: our own output buffer.
+            let n = unsafe { write(self.out_buffer, out.as_ptr() as *const c_void, out.len() as i64) };
+            self.out_total += n;
+        }
+        Ok(())
+    }
+}
+
+/// # Safety: a Lua string (or number) at `idx`.
+unsafe fn lua_text_bytes(l: *mut lua::lua_State, idx: c_int) -> Vec<u8> {
+    let mut len = 0usize;
+    let p = unsafe { lua::lua_tolstring(l, idx, &mut len) };
+    if p.is_null() { Vec::new() } else { unsafe { std::slice::from_raw_parts(p as *const u8, len) }.to_vec() }
+}
+
+unsafe fn lua_text(l: *mut lua::lua_State, idx: c_int) -> Option<String> {
+    if unsafe { lua::lua_type(l, idx) } != lua::LUA_TSTRING {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&unsafe { lua_text_bytes(l, idx) }).into_owned())
+}
+
+fn type_name(t: c_int) -> &'static str {
+    match t {
+        lua::LUA_TBOOLEAN => "boolean",
+        lua::LUA_TNUMBER => "number",
+        lua::LUA_TTABLE => "table",
+        lua::LUA_TFUNCTION => "function",
+        lua::LUA_TUSERDATA | lua::LUA_TLIGHTUSERDATA => "userdata",
+        lua::LUA_TTHREAD => "thread",
+        _ => "value",
+    }
+}
+
+/// Moves what the input VIO has ready into `pending`; returns the bytes taken.
+unsafe fn take_input(t: &mut Transform, input: TSVIO) -> Result<i64, Code> {
+    let (todo, reader_of, avail, start, block_read, next, consume, done_get, done_set) = (
+        ts_fn!(TSVIONTodoGet),
+        ts_fn!(TSVIOReaderGet),
+        ts_fn!(TSIOBufferReaderAvail),
+        ts_fn!(TSIOBufferReaderStart),
+        ts_fn!(TSIOBufferBlockReadStart),
+        ts_fn!(TSIOBufferBlockNext),
+        ts_fn!(TSIOBufferReaderConsume),
+        ts_fn!(TSVIONDoneGet),
+        ts_fn!(TSVIONDoneSet),
+    );
+    unsafe {
+        let reader = reader_of(input);
+        let want = todo(input).min(avail(reader));
+        if want <= 0 {
+            return Ok(0);
+        }
+        let mut left = want;
+        let mut block = start(reader);
+        while left > 0 && !block.is_null() {
+            let mut len: i64 = 0;
+            let p = block_read(block, reader, &mut len);
+            let n = len.min(left);
+            if !p.is_null() && n > 0 {
+                t.pending.extend_from_slice(std::slice::from_raw_parts(p as *const u8, n as usize));
+                left -= n;
+            }
+            block = next(block);
+        }
+        let taken = want - left;
+        consume(reader, taken);
+        done_set(input, done_get(input) + taken);
+        Ok(taken)
+    }
+}
+
+/// One event of the transform VConn (the usual TSTransform shape).
+unsafe fn on_event(contp: TSCont, event: TSEvent) -> Result<(), Code> {
+    let (closed_get, data_get, write_vio_get, vio_cont, call) = (
+        ts_fn!(TSVConnClosedGet),
+        ts_fn!(TSContDataGet),
+        ts_fn!(TSVConnWriteVIOGet),
+        ts_fn!(TSVIOContGet),
+        ts_fn!(TSContCall),
+    );
+    unsafe {
+        let t_ptr = data_get(contp) as *mut Transform;
+        if closed_get(contp) != 0 {
+            return destroy(contp, t_ptr);
+        }
+        let Some(t) = t_ptr.as_mut() else { return Ok(()) };
+        t.shared.started.store(true, Ordering::Release);
+        match event {
+            sys::TSEvent_TS_EVENT_ERROR => {
+                let input = write_vio_get(contp);
+                call(vio_cont(input), sys::TSEvent_TS_EVENT_ERROR, input as *mut c_void);
+            }
+            sys::TSEvent_TS_EVENT_VCONN_WRITE_COMPLETE => {
+                ts_fn!(TSVConnShutdown)(ts_fn!(TSTransformOutputVConnGet)(contp), 0, 1);
+            }
+            _ => transform(contp, t)?,
+        }
+    }
+    Ok(())
+}
+
+unsafe fn transform(contp: TSCont, t: &mut Transform) -> Result<(), Code> {
+    let (write_vio_get, vio_buffer, todo, vio_cont, call, reenable, nbytes_set) = (
+        ts_fn!(TSVConnWriteVIOGet),
+        ts_fn!(TSVIOBufferGet),
+        ts_fn!(TSVIONTodoGet),
+        ts_fn!(TSVIOContGet),
+        ts_fn!(TSContCall),
+        ts_fn!(TSVIOReenable),
+        ts_fn!(TSVIONBytesSet),
+    );
+    unsafe {
+        if t.out_vio.is_null() {
+            t.out_buffer = ts_fn!(TSIOBufferCreate)();
+            t.out_reader = ts_fn!(TSIOBufferReaderAlloc)(t.out_buffer);
+            let output = ts_fn!(TSTransformOutputVConnGet)(contp);
+            // Length unknown until the end: INT64_MAX, fixed with TSVIONBytesSet at the end.
+            t.out_vio = ts_fn!(TSVConnWrite)(output, contp, t.out_reader, i64::MAX);
+        }
+        if t.eos_delivered {
+            return Ok(());
+        }
+        let input = write_vio_get(contp);
+        // A null buffer: the writer shut the write side down; no more data will come.
+        let finished_writer = input.is_null() || vio_buffer(input).is_null();
+        let taken = if finished_writer { 0 } else { take_input(t, input)? };
+        let eos = finished_writer || todo(input) <= 0;
+        if eos || (!t.pending.is_empty() && t.pending.len() >= t.min_chunk) {
+            t.flush(eos)?;
+        }
+        if eos {
+            nbytes_set(t.out_vio, t.out_total);
+            reenable(t.out_vio);
+            if !finished_writer {
+                call(vio_cont(input), sys::TSEvent_TS_EVENT_VCONN_WRITE_COMPLETE, input as *mut c_void);
+            }
+        } else {
+            reenable(t.out_vio);
+            if taken > 0 {
+                call(vio_cont(input), sys::TSEvent_TS_EVENT_VCONN_WRITE_READY, input as *mut c_void);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Frees everything the transform owns, Lua references under the VM lock.
+unsafe fn destroy(contp: TSCont, t_ptr: *mut Transform) -> Result<(), Code> {
+    let (lock, unlock, buffer_destroy, cont_destroy) = (
+        ts_fn!(TSMutexLock),
+        ts_fn!(TSMutexUnlock),
+        ts_fn!(TSIOBufferDestroy),
+        ts_fn!(TSContDestroy),
+    );
+    unsafe {
+        if !t_ptr.is_null() {
+            let t = Box::from_raw(t_ptr);
+            t.shared.destroyed.store(true, Ordering::Release);
+            lock(t.vm_lock);
+            lua::luaL_unref(t.thread, lua::LUA_REGISTRYINDEX, t.handler_ref);
+            lua::luaL_unref(t.thread, lua::LUA_REGISTRYINDEX, t.thread_ref);
+            unlock(t.vm_lock);
+            if !t.out_buffer.is_null() {
+                buffer_destroy(t.out_buffer);
+            }
+        }
+        cont_destroy(contp);
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn vconn_handler(contp: TSCont, event: TSEvent, _edata: *mut c_void) -> c_int {
+    let _ = std::panic::catch_unwind(|| unsafe { on_event(contp, event) });
+    0
+}
+
+/// TXN_CLOSE: closes the VConn if ATS never used it (then its close event destroys it).
+struct CloseGuard {
+    vconn: TSCont,
+    shared: Arc<Shared>,
+}
+
+unsafe extern "C" fn close_handler(contp: TSCont, _event: TSEvent, edata: *mut c_void) -> c_int {
+    let _ = std::panic::catch_unwind(|| unsafe {
+        let data_get = ts_fn!(TSContDataGet);
+        let guard = data_get(contp) as *mut CloseGuard;
+        if !guard.is_null() {
+            let guard = Box::from_raw(guard);
+            let s = &guard.shared;
+            if !s.started.load(Ordering::Acquire) && !s.destroyed.load(Ordering::Acquire) {
+                ts_fn!(TSVConnClose)(guard.vconn);
+            }
+        }
+        ts_fn!(TSContDestroy)(contp);
+        ts_fn!(TSHttpTxnReenable)(edata as TSHttpTxn, sys::TSEvent_TS_EVENT_HTTP_CONTINUE);
+        Ok::<(), Code>(())
+    });
+    0
+}
+
+/// Whether the body this transform would see has already started to flow.
+unsafe fn too_late(txn: TSHttpTxn, response: bool) -> Result<bool, Code> {
+    unsafe {
+        if response {
+            let get = ts_fn!(TSHttpTxnServerRespGet);
+            let mut buf: sys::TSMBuffer = std::ptr::null_mut();
+            let mut loc: sys::TSMLoc = std::ptr::null_mut();
+            if get(txn, &mut buf, &mut loc) == sys::TSReturnCode_TS_SUCCESS {
+                ts_fn!(TSHandleMLocRelease)(buf, std::ptr::null_mut(), loc);
+                return Ok(true);
+            }
+            Ok(false)
+        } else {
+            let get = ts_fn!(TSHttpTxnServerFdGet);
+            let mut fd: c_int = -1;
+            Ok(get(txn, &mut fd) == sys::TSReturnCode_TS_SUCCESS && fd >= 0)
+        }
+    }
+}
+
+/// Registers the transform; the handler function is at stack index 2.
+unsafe fn add(l: *mut lua::lua_State, response: bool, min_chunk: usize) -> Result<(), Code> {
+    let rec = unsafe { ctx::current(l)? };
+    let (http_ctx, layout) = rec.context()?;
+    let txn = rec.txn()?;
+    let (create, data_set, hook_add, cont_create, mutex_get) = (
+        ts_fn!(TSTransformCreate),
+        ts_fn!(TSContDataSet),
+        ts_fn!(TSHttpTxnHookAdd),
+        ts_fn!(TSContCreate),
+        ts_fn!(TSContMutexGet),
+    );
+    // Checked now so that the handler calls cannot fail on them later.
+    let _ = (ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock));
+    unsafe {
+        if too_late(txn, response)? {
+            return Err(Code::Declined);
+        }
+        // SAFETY: the context is live (checked just now, VM lock held by ts_lua).
+        let mctx = std::ptr::read(http_ctx as *const *const u8);
+        if mctx.is_null() {
+            return Err(Code::NoTxn);
+        }
+        let vm_lock = std::ptr::read(mctx.add(layout.main_mutex) as *const TSMutex);
+        let mut ar: lua::lua_Debug = std::mem::zeroed();
+        lua::lua_pushvalue(l, 2);
+        let origin = if lua::lua_getinfo(l, c">S".as_ptr(), &mut ar) != 0  {
+            let src = std::ffi::CStr::from_ptr(ar.short_src.as_ptr()).to_string_lossy();
+            format!("{}:{}", src, ar.linedefined)
+        } else {
+            "?".into()
+        };
+        let thread = lua::lua_newthread(l);
+        let thread_ref = lua::luaL_ref(l, lua::LUA_REGISTRYINDEX);
+        lua::lua_pushvalue(l, 2);
+        let handler_ref = lua::luaL_ref(l, lua::LUA_REGISTRYINDEX);
+
+        // Keep ts_lua's context (and so `ts.*` in the handler) until TXN_CLOSE.
+        std::ptr::write(http_ctx.add(layout.http_has_hook) as *mut c_int, 1);
+
+        let shared = Arc::new(Shared { started: AtomicBool::new(false), destroyed: AtomicBool::new(false) });
+        let vconn = create(Some(vconn_handler), txn);
+        let state = Box::new(Transform {
+            vm_lock,
+            thread,
+            thread_ref,
+            handler_ref,
+            origin,
+            rec,
+            shared: Arc::clone(&shared),
+            min_chunk,
+            pending: Vec::new(),
+            out_buffer: std::ptr::null_mut(),
+            out_reader: std::ptr::null_mut(),
+            out_vio: std::ptr::null_mut(),
+            out_total: 0,
+            eos_delivered: false,
+            failed: false,
+        });
+        data_set(vconn, Box::into_raw(state) as *mut c_void);
+        let hook = if response {
+            sys::TSHttpHookID_TS_HTTP_RESPONSE_TRANSFORM_HOOK
+        } else {
+            sys::TSHttpHookID_TS_HTTP_REQUEST_TRANSFORM_HOOK
+        };
+        hook_add(txn, hook, vconn);
+
+        let close = cont_create(Some(close_handler), mutex_get(txn as TSCont));
+        data_set(close, Box::into_raw(Box::new(CloseGuard { vconn, shared })) as *mut c_void);
+        hook_add(txn, sys::TSHttpHookID_TS_HTTP_TXN_CLOSE_HOOK, close);
+    }
+    Ok(())
+}
+
+/// `native.transform_add(is_response, handler, min_chunk)` → true | `nil, code`. Never raises;
+/// the Lua wrapper checks the arguments.
+pub unsafe extern "C-unwind" fn lua_transform_add(l: *mut lua::lua_State) -> c_int {
+    let result = std::panic::catch_unwind(|| unsafe {
+        if lua::lua_type(l, 2) != lua::LUA_TFUNCTION || lua::lua_type(l, 3) != lua::LUA_TNUMBER {
+            return Err(Code::BadArg);
+        }
+        let min_chunk = lua::lua_tonumber(l, 3);
+        if !(0.0..=MAX_MIN_CHUNK as f64).contains(&min_chunk) {
+            return Err(Code::BadArg);
+        }
+        add(l, lua::lua_toboolean(l, 1) != 0, min_chunk as usize)
+    })
+    .unwrap_or(Err(Code::Internal));
+    unsafe { crate::push_reply(l, result.map(|()| 1.0)) }
+}
