@@ -220,39 +220,33 @@ function Sandbox:get(host, path, opts)
   return parse_response(raw)
 end
 
--- n concurrent GETs (curl --parallel); returns the list of responses in request order.
-function Sandbox:get_parallel(host, paths, opts)
+-- Several GETs in one curl run, `flags` deciding how (parallel, or in order on one
+-- connection); returns the responses in request order.
+local function get_many(self, host, paths, flags, opts)
   opts = opts or {}
   local args = {}
   for i, path in ipairs(paths) do
-    args[#args + 1] = string.format("-o %s/par.%d %s", self.dir, i,
+    args[#args + 1] = string.format("-o %s/many.%d %s", self.dir, i,
       shell_quote("http://127.0.0.1:" .. self.port .. path))
   end
-  local cmd = string.format("curl -s -i -Z --parallel-max %d --max-time %d -H %s %s >/dev/null 2>&1",
-    opts.max or #paths, opts.timeout or 20, shell_quote("Host: " .. host), table.concat(args, " "))
-  os.execute(cmd)
+  os.execute(string.format("curl -s -i %s --max-time %d -H %s %s >/dev/null 2>&1", flags,
+    opts.timeout or 20, shell_quote("Host: " .. host), table.concat(args, " ")))
   local out = {}
   for i = 1, #paths do
-    out[i] = parse_response(read(self.dir .. "/par." .. i) or "")
+    out[i] = parse_response(read(self.dir .. "/many." .. i) or "")
+    os.remove(self.dir .. "/many." .. i)
   end
   return out
 end
 
--- GETs on one client connection (curl reuses it), in order; returns the responses.
+-- n concurrent GETs (curl --parallel).
+function Sandbox:get_parallel(host, paths, opts)
+  return get_many(self, host, paths, "-Z --parallel-max " .. ((opts or {}).max or #paths), opts)
+end
+
+-- GETs on one client connection (curl reuses it), in order.
 function Sandbox:get_sequence(host, paths, opts)
-  opts = opts or {}
-  local args = {}
-  for i, path in ipairs(paths) do
-    args[#args + 1] = string.format("-o %s/seq.%d %s", self.dir, i,
-      shell_quote("http://127.0.0.1:" .. self.port .. path))
-  end
-  os.execute(string.format("curl -s -i --max-time %d -H %s %s >/dev/null 2>&1",
-    opts.timeout or 20, shell_quote("Host: " .. host), table.concat(args, " ")))
-  local out = {}
-  for i = 1, #paths do
-    out[i] = parse_response(read(self.dir .. "/seq." .. i) or "")
-  end
-  return out
+  return get_many(self, host, paths, "", opts)
 end
 
 function Sandbox:stop()
