@@ -155,9 +155,9 @@ unsafe fn validate(l: *mut lua::lua_State, env: c_int, ctx: *mut u8, layout: Lay
     let Some(words) = probe::<16>(ctx as usize + layout.routine_lua) else {
         return false;
     };
-    let (lua_bytes, ref_bytes) = words.split_at(8);
-    let co = usize::from_ne_bytes(lua_bytes.try_into().unwrap_or([0; 8]));
-    let reg_ref = i32::from_ne_bytes(ref_bytes[..4].try_into().unwrap_or([0; 4]));
+    let [l0, l1, l2, l3, l4, l5, l6, l7, r0, r1, r2, r3, ..] = words;
+    let co = usize::from_ne_bytes([l0, l1, l2, l3, l4, l5, l6, l7]);
+    let reg_ref = i32::from_ne_bytes([r0, r1, r2, r3]);
     if co == 0 || reg_ref <= 0 {
         return false;
     }
@@ -287,7 +287,8 @@ pub unsafe extern "C-unwind" fn lua_ctx_acquire(l: *mut lua::lua_State) -> c_int
 pub extern "C" fn ts_ffi_ctx_release(rec: *const CtxRec) {
     if !rec.is_null() {
         // SAFETY: Lua's one reference, handed out by `acquire`, released once by ffi.gc.
-        drop(unsafe { Arc::from_raw(rec) });
+        // Dropping a CtxRec runs no code that can panic; the guard keeps it that way.
+        let _ = std::panic::catch_unwind(|| drop(unsafe { Arc::from_raw(rec) }));
     }
 }
 

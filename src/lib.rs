@@ -14,6 +14,8 @@ mod info;
 mod ssn;
 mod sys;
 mod txn;
+#[cfg(feature = "panic-test")]
+mod panic_test;
 
 use codes::Code;
 use mlua::{IntoLuaMulti, Lua, MultiValue, Result as LuaResult, Table, Value};
@@ -26,6 +28,19 @@ pub(crate) fn reply<T: IntoLuaMulti>(lua: &Lua, r: Result<T, Code>) -> LuaResult
         Ok(v) => v.into_lua_multi(lua),
         Err(code) => (Value::Nil, code.name()).into_lua_multi(lua),
     }
+}
+
+/// A native function without arguments answering `f()` through `reply`; a panic in `f` is
+/// caught here and answered as `nil, "internal"` (the wrapper raises it with its name).
+pub(crate) fn native_fn<T, F>(lua: &Lua, f: F) -> LuaResult<mlua::Function>
+where
+    T: IntoLuaMulti,
+    F: Fn() -> Result<T, Code> + Send + 'static,
+{
+    lua.create_function(move |lua, ()| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&f));
+        reply(lua, r.unwrap_or(Err(Code::Internal)))
+    })
 }
 
 pub(crate) fn cstr_name(code: Code) -> CString {
@@ -61,5 +76,7 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("code_names", names)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
     info::register(lua, &m)?;
+    #[cfg(feature = "panic-test")]
+    panic_test::register(lua, &m)?;
     Ok(m)
 }
