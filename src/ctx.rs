@@ -189,6 +189,15 @@ struct AsyncItem {
 
 const _: () = assert!(std::mem::size_of::<AsyncItem>() == LAYOUT_9_2.async_item_size);
 
+/// Contexts ts_ffi watches now: acquired, not yet released by ts_lua (process-wide, every VM
+/// and thread). Goes back to 0 when no transaction is open; the reload and concurrency specs
+/// check it (`native.ctx_watched()`).
+static WATCHED: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+pub fn watched() -> isize {
+    WATCHED.load(Ordering::Relaxed)
+}
+
 /// Called by ts_lua while it releases the context (VM mutex held): the record dies first.
 unsafe extern "C" fn on_ctx_release(item: *mut AsyncItem) -> c_int {
     let result = std::panic::catch_unwind(|| {
@@ -199,6 +208,7 @@ unsafe extern "C" fn on_ctx_release(item: *mut AsyncItem) -> c_int {
                 if !rec.is_null() {
                     let rec = Arc::from_raw(rec as *const CtxRec);
                     rec.alive.store(false, Ordering::Release);
+                    WATCHED.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
@@ -227,6 +237,7 @@ unsafe fn watch_release(ctx: *mut u8, layout: Layout, rec: &Arc<CtxRec>) -> Resu
         });
         *head = item;
     }
+    WATCHED.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 

@@ -76,6 +76,7 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("code_names", names)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
     info::register(lua, &m)?;
+    m.set("ctx_watched", lua.create_function(|_, ()| Ok(ctx::watched()))?)?;
     #[cfg(feature = "panic-test")]
     panic_test::register(lua, &m)?;
     Ok(m)
