@@ -77,6 +77,7 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("assume_env", ctx::ASSUME_ENV)?;
     info::register(lua, &m)?;
     m.set("ctx_watched", lua.create_function(|_, ()| Ok(ctx::watched()))?)?;
+    m.set("last_missing", lua.create_function(|_, ()| Ok(api::last_missing()))?)?;
     #[cfg(feature = "panic-test")]
     panic_test::register(lua, &m)?;
     Ok(m)
