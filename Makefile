@@ -61,7 +61,7 @@ cargo-test: build/.deps rust-check
 unit: tree double panic-build
 	$(BUSTED) -o TAP | tee build/unit.tap
 
-integration: tree
+integration: tree panic-build
 	$(BUSTED) --run=integration -o TAP | tee build/integration.tap
 
 test: cargo-test unit integration

@@ -7,6 +7,11 @@
 //! - `codes`: return codes of the flat functions and the panic guard.
 //! - one file per ATS area (`info`, `txn`, `ssn`), mirrored by `lua/ts_ffi/<area>.lua`.
 
+// Every entry point catches panics (codes::guard, native_fn, mlua's callbacks); with
+// panic=abort they would take traffic_server down instead.
+#[cfg(not(panic = "unwind"))]
+compile_error!("ts_ffi must be built with panic=unwind: panics are caught at the FFI boundary");
+
 mod api;
 mod codes;
 mod ctx;
