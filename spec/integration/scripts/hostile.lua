@@ -53,7 +53,8 @@ function do_remap()
   elseif path == "/intercept" or path == "/server_intercept" then
     local name = path:sub(2)
     ts.http[name](function()
-      report("remap:" .. name, "maybe", { same_as = r.results })
+      -- the transaction lives until the intercept has answered: its own answers
+      report("remap:" .. name, "txn", { oracle = hostile.ts_lua_oracle(true), same_as = r.results })
       ts.say(INTERCEPT_RESPONSE)
     end)
   elseif path == "/fetch" then
@@ -66,13 +67,13 @@ function do_remap()
     -- one callback while the transaction lives (the hook sleeps), one long after it ended
     ts.hook(TS_LUA_HOOK_SEND_RESPONSE_HDR, function()
       ts.schedule(TS_LUA_THREAD_POOL_NET, 0, function()
-        report("remap:schedule", "maybe", { same_as = r.results })
+        report("remap:schedule", "txn", { same_as = r.results }) -- the hook still sleeps
       end)
       ts.sleep(1)
     end)
     ts.hook(TS_LUA_HOOK_TXN_CLOSE, function()
       ts.schedule(TS_LUA_THREAD_POOL_NET, 1, function()
-        report("remap:schedule_after_close", "maybe", { same_as = r.results })
+        report("remap:schedule_after_close", "none") -- ts_lua released the context 1 s ago
       end)
     end)
   elseif path == "/kept" then
