@@ -67,7 +67,8 @@ describe("hostile input inside traffic_server", function()
       return res
     end
     get("/hooks")
-    get("/hooks", "--data-binary hello") -- request transform
+    get("/request_transform", "--data-binary hello")
+    get("/request_transform", "--data-binary hello")
     assert.equal("intercept\n", get("/intercept").body)
     assert.equal("intercept\n", get("/server_intercept").body)
     assert.equal("200", get("/fetch").headers["x-fetch-status"])
