@@ -32,6 +32,7 @@ local function check_all(responses, seen_ids)
       id = id or p[1][1]
       assert(p[1][1] == id, ("response %d: %s names transaction %s, not %s"):format(i, name, p[1][1], id))
     end
+    assert(h["x-misuse"] == "ok", "response " .. i .. ": misuse: " .. tostring(h["x-misuse"]))
     assert(not seen_ids[id], "transaction id " .. id .. " answered twice")
     seen_ids[id] = true
     vms_r[h["x-vm-r"]] = true

@@ -26,10 +26,16 @@ function do_remap()
     txn, ssn = require "ts_ffi.txn", require "ts_ffi.ssn"
   end
   ts.ctx.r = triple()
+  -- misuse on every request too: errors built concurrently must still name their function
+  local _, e1 = pcall(txn.id, {})
+  local _, e2 = pcall(ssn.id, 1)
+  ts.ctx.misuse = (tostring(e1):find("^ts_ffi%.txn%.id: takes no arguments")
+    and tostring(e2):find("^ts_ffi%.ssn%.id: takes no arguments")) and "ok" or (tostring(e1) .. " | " .. tostring(e2))
   ts.hook(TS_LUA_HOOK_SEND_RESPONSE_HDR, function()
     local h = ts.client_response.header
     h["X-R"] = ts.ctx.r
     h["X-H"] = triple()
+    h["X-Misuse"] = ts.ctx.misuse
     h["X-Vm-R"] = VM
     h["X-Tid"] = tonumber(ffi.C.syscall(186)) -- gettid
   end)
