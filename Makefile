@@ -12,7 +12,7 @@ APT_PKGS  := trafficserver trafficserver-dev luajit libluajit-5.1-dev luarocks l
 LUA_SRC   := $(wildcard lua/ts_ffi/*.lua)
 RUST_SRC  := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
 
-.PHONY: deps rust-check build tree double unit integration cargo-test test demo clean
+.PHONY: deps rust-check build tree double unit integration cargo-test test demo clean panic-build
 
 # Debian packages: installed with apt-get when any is missing (needs root, as on CI).
 deps: build/.deps
@@ -48,13 +48,20 @@ $(DOUBLE): spec/double/ts_double.c build/.deps
 	$(CC) -O1 -g -Wall -Wextra -shared -fPIC $$(pkg-config --cflags luajit) $< -o $@ \
 	  $$(pkg-config --libs luajit)
 
+# The panic-test build (cargo feature `panic-test`, never shipped): spec/unit/panic_spec.lua.
+PANIC_SO := build/panic/ts_ffi.so
+panic-build: $(PANIC_SO)
+$(PANIC_SO): build/.deps $(RUST_SRC) | rust-check
+	cargo build --locked --quiet --features panic-test --target-dir build/panic-target
+	@mkdir -p build/panic && cp build/panic-target/debug/libts_ffi.so $@
+
 cargo-test: build/.deps rust-check
 	cargo test --release --locked
 
-unit: tree double
+unit: tree double panic-build
 	$(BUSTED) -o TAP | tee build/unit.tap
 
-integration: tree
+integration: tree panic-build
 	$(BUSTED) --run=integration -o TAP | tee build/integration.tap
 
 test: cargo-test unit integration

@@ -24,14 +24,32 @@ fn resolve() -> Option<TsApi> {
     api.TSTrafficServerVersionGet.is_ok().then_some(api)
 }
 
+thread_local! {
+    /// The TS* function this thread last found missing, for the error message
+    /// (`native.last_missing()`, read by `base.lua` right after the failed call).
+    static LAST_MISSING: std::cell::Cell<&'static str> = const { std::cell::Cell::new("") };
+}
+
+/// Notes `name` as missing from this traffic_server and returns `MissingFn`.
+pub fn missing(name: &'static str) -> Code {
+    LAST_MISSING.with(|c| c.set(name));
+    Code::MissingFn
+}
+
+/// The TS* function this thread last found missing ("" if none).
+pub fn last_missing() -> &'static str {
+    LAST_MISSING.with(|c| c.get())
+}
+
 /// `ts_fn!(TSHttpTxnIdGet)`: the resolved function pointer, or an early `Err` with
-/// `NotInAts` / `MissingFn`. Use it inside functions returning `Result<_, Code>`.
+/// `NotInAts` / `MissingFn` (naming the function). Use it inside functions returning
+/// `Result<_, Code>`.
 macro_rules! ts_fn {
     ($name:ident) => {
         *$crate::api::api()?
             .$name
             .as_ref()
-            .map_err(|_| $crate::codes::Code::MissingFn)?
+            .map_err(|_| $crate::api::missing(stringify!($name)))?
     };
 }
 pub(crate) use ts_fn;

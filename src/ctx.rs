@@ -196,9 +196,9 @@ unsafe fn validate(l: *mut lua::lua_State, ci: *mut u8, layout: Layout, owner: O
     let Some(words) = probe::<16>(ci as usize + layout.routine_lua) else {
         return false;
     };
-    let (lua_bytes, ref_bytes) = words.split_at(8);
-    let co = usize::from_ne_bytes(lua_bytes.try_into().unwrap_or([0; 8]));
-    let reg_ref = i32::from_ne_bytes(ref_bytes[..4].try_into().unwrap_or([0; 4]));
+    let [l0, l1, l2, l3, l4, l5, l6, l7, r0, r1, r2, r3, ..] = words;
+    let co = usize::from_ne_bytes([l0, l1, l2, l3, l4, l5, l6, l7]);
+    let reg_ref = i32::from_ne_bytes([r0, r1, r2, r3]);
     if co == 0 || reg_ref <= 0 {
         return false;
     }
@@ -277,6 +277,15 @@ struct AsyncItem {
 
 const _: () = assert!(std::mem::size_of::<AsyncItem>() == LAYOUT_9_2.async_item_size);
 
+/// Contexts ts_ffi watches now: acquired, not yet released by ts_lua (process-wide, every VM
+/// and thread). Goes back to 0 when no transaction is open; the reload and concurrency specs
+/// check it (`native.ctx_watched()`).
+static WATCHED: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+pub fn watched() -> isize {
+    WATCHED.load(Ordering::Relaxed)
+}
+
 /// Called by ts_lua while it releases the context (VM mutex held): the record dies first.
 unsafe extern "C" fn on_ctx_release(item: *mut AsyncItem) -> c_int {
     let result = std::panic::catch_unwind(|| {
@@ -287,6 +296,7 @@ unsafe extern "C" fn on_ctx_release(item: *mut AsyncItem) -> c_int {
                 if !rec.is_null() {
                     let rec = Arc::from_raw(rec as *const CtxRec);
                     rec.alive.store(false, Ordering::Release);
+                    WATCHED.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }
@@ -315,6 +325,7 @@ unsafe fn watch_release(ctx: *mut u8, layout: Layout, rec: &Arc<CtxRec>) -> Resu
         });
         *head = item;
     }
+    WATCHED.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -364,7 +375,8 @@ pub unsafe extern "C-unwind" fn lua_ctx_acquire(l: *mut lua::lua_State) -> c_int
 pub extern "C" fn ts_ffi_ctx_release(rec: *const CtxRec) {
     if !rec.is_null() {
         // SAFETY: Lua's one reference, handed out by `acquire`, released once by ffi.gc.
-        drop(unsafe { Arc::from_raw(rec) });
+        // Dropping a CtxRec runs no code that can panic; the guard keeps it that way.
+        let _ = std::panic::catch_unwind(|| drop(unsafe { Arc::from_raw(rec) }));
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::api::{api, ts_fn};
 use crate::codes::Code;
-use crate::reply;
+use crate::native_fn;
 use mlua::{Lua, Result as LuaResult, Table};
 use std::ffi::CStr;
 use std::os::raw::c_char;
@@ -33,8 +33,8 @@ fn version_number() -> Result<(i32, i32, i32), Code> {
 
 /// Adds the `info_*` functions to the native module table.
 pub fn register(lua: &Lua, m: &Table) -> LuaResult<()> {
-    m.set("info_version", lua.create_function(|lua, ()| reply(lua, version()))?)?;
-    m.set("info_version_number", lua.create_function(|lua, ()| reply(lua, version_number()))?)?;
+    m.set("info_version", native_fn(lua, version)?)?;
+    m.set("info_version_number", native_fn(lua, version_number)?)?;
     let dirs: [(&str, fn() -> Result<String, Code>); 4] = [
         ("info_install_dir", || text(unsafe { ts_fn!(TSInstallDirGet)() })),
         ("info_config_dir", || text(unsafe { ts_fn!(TSConfigDirGet)() })),
@@ -42,7 +42,7 @@ pub fn register(lua: &Lua, m: &Table) -> LuaResult<()> {
         ("info_plugin_dir", || text(unsafe { ts_fn!(TSPluginDirGet)() })),
     ];
     for (name, get) in dirs {
-        m.set(name, lua.create_function(move |lua, ()| reply(lua, get()))?)?;
+        m.set(name, native_fn(lua, get)?)?;
     }
     // Whether the TS* API is present at all (plain luajit: false).
     m.set("in_traffic_server", api().is_ok())?;

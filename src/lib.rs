@@ -5,7 +5,14 @@
 //! - `api`: the TS* functions, resolved from the running process.
 //! - `ctx`: ts_lua's transaction context, checked on every use (the only unsafe layouts).
 //! - `codes`: return codes of the flat functions and the panic guard.
-//! - one file per ATS area (`info`, `txn`, `ssn`), mirrored by `lua/ts_ffi/<area>.lua`.
+//! - `addr`: socket addresses between text and `sockaddr`.
+//! - one file per ATS area (`info`, `txn`, `ssn`, `transform` with `body`, ts_ffi's own
+//!   transform engine), mirrored by `lua/ts_ffi/<area>.lua`.
+
+// Every entry point catches panics (codes::guard, native_fn, mlua's callbacks); with
+// panic=abort they would take traffic_server down instead.
+#[cfg(not(panic = "unwind"))]
+compile_error!("ts_ffi must be built with panic=unwind: panics are caught at the FFI boundary");
 
 mod addr;
 mod api;
@@ -17,6 +24,8 @@ mod ssn;
 mod sys;
 mod transform;
 mod txn;
+#[cfg(feature = "panic-test")]
+mod panic_test;
 
 use codes::Code;
 use mlua::{IntoLuaMulti, Lua, MultiValue, Result as LuaResult, Table, Value};
@@ -29,6 +38,19 @@ pub(crate) fn reply<T: IntoLuaMulti>(lua: &Lua, r: Result<T, Code>) -> LuaResult
         Ok(v) => v.into_lua_multi(lua),
         Err(code) => (Value::Nil, code.name()).into_lua_multi(lua),
     }
+}
+
+/// A native function without arguments answering `f()` through `reply`; a panic in `f` is
+/// caught here and answered as `nil, "internal"` (the wrapper raises it with its name).
+pub(crate) fn native_fn<T, F>(lua: &Lua, f: F) -> LuaResult<mlua::Function>
+where
+    T: IntoLuaMulti,
+    F: Fn() -> Result<T, Code> + Send + 'static,
+{
+    lua.create_function(move |lua, ()| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&f));
+        reply(lua, r.unwrap_or(Err(Code::Internal)))
+    })
 }
 
 pub(crate) fn cstr_name(code: Code) -> CString {
@@ -89,5 +111,9 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("max_min_chunk", body::MAX_MIN_CHUNK)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
     info::register(lua, &m)?;
+    m.set("ctx_watched", lua.create_function(|_, ()| Ok(ctx::watched()))?)?;
+    m.set("last_missing", lua.create_function(|_, ()| Ok(api::last_missing()))?)?;
+    #[cfg(feature = "panic-test")]
+    panic_test::register(lua, &m)?;
     Ok(m)
 }

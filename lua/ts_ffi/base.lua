@@ -42,9 +42,12 @@ end
 -- Messages for programming errors; `tsfn` is the TS* function a call needs.
 local function message(code, tsfn)
   if code == "not_in_ats" then
-    return "not running inside traffic_server (the ATS C API is not in this process)"
+    return "not running inside traffic_server (the ATS C API, TSTrafficServerVersionGet,"
+      .. " is not in this process)"
   elseif code == "missing_fn" then
-    return (tsfn or "a TS* function") .. " is missing from this traffic_server ("
+    local missing = native.last_missing() -- the one the native side looked for
+    return (missing ~= "" and missing or tsfn or "a TS* function")
+      .. " is missing from this traffic_server ("
       .. running_version() .. ")"
   elseif code == "no_txn" then
     return "no transaction in this context"

@@ -145,8 +145,10 @@ function M.start(opts)
       dir, ROOT, self.origin_port, dir, dir)))
     self.origin_pid = read(dir .. "/origin.pid"):match("%d+")
   end
-  assert(sh(string.format("cd %s && (%s exec traffic_server --run-root=%s/runroot.yaml) "
-    .. "</dev/null >%s/stdout.log 2>&1 & echo $! > %s/ts.pid", dir, env, dir, dir, dir)))
+  -- opts.manager: run under traffic_manager (it starts traffic_server; sb:ctl needs it).
+  assert(sh(string.format("cd %s && (%s exec %s --run-root=%s/runroot.yaml) "
+    .. "</dev/null >%s/stdout.log 2>&1 & echo $! > %s/ts.pid", dir, env,
+    opts.manager and "traffic_manager" or "traffic_server", dir, dir, dir)))
   self.pid = read(dir .. "/ts.pid"):match("%d+")
 
   local up = wait_until(opts.start_timeout or 15, function()
@@ -163,6 +165,21 @@ function M.start(opts)
     error("traffic_server did not start:\n" .. why, 2)
   end
   return self
+end
+
+-- With opts.manager: `traffic_ctl <args>` against this sandbox; returns output, success.
+function Sandbox:ctl(args)
+  local p = io.popen(string.format("traffic_ctl --run-root=%s/runroot.yaml %s 2>&1", self.dir, args))
+  local out = p:read("*a")
+  return out, p:close() == true or false
+end
+
+-- The traffic_server process's pid (under traffic_manager, its child).
+function Sandbox:server_pid()
+  local p = io.popen("pgrep -n -P " .. self.pid)
+  local pid = p:read("*l")
+  p:close()
+  return pid or self.pid
 end
 
 function Sandbox:alive()
