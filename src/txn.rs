@@ -89,6 +89,10 @@ pub extern "C" fn ts_ffi_txn_next_hop_addr(
         let sa = unsafe { ts_fn!(TSHttpTxnNextHopAddrGet)(txn) } as *const libc::sockaddr;
         // SAFETY: ATS returns null or the address of its server info, sized for its family.
         let next = unsafe { addr::from_sockaddr(sa) }.ok_or(Code::Declined)?;
+        // An intercepted transaction has a server entry with no address: no next hop.
+        if next.ip().is_unspecified() {
+            return Err(Code::Declined);
+        }
         if ip.is_null() {
             return Err(Code::BadArg);
         }

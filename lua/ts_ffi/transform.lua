@@ -10,7 +10,7 @@
 
 local base = require "ts_ffi.base"
 local native, throw, no_args, describe = base.native, base.throw, base.no_args, base.describe
-local pairs, type, select = pairs, type, select
+local next, rawget, type, select = next, rawget, type, select
 
 local _M = {}
 
@@ -63,16 +63,17 @@ local function register(fname, is_response, handler, opts, extra)
     if type(opts) ~= "table" then
       throw(fname, "bad options (a table expected, got " .. describe(opts) .. ")", 2)
     end
-    for k in pairs(opts) do
+    -- raw access only: an options table's metamethods are not ts_ffi's to run
+    for k in next, opts do
       if k ~= "min_chunk" then
         throw(fname, "unknown option " .. describe(k), 2)
       end
     end
-    min_chunk = opts.min_chunk or 0
+    min_chunk = rawget(opts, "min_chunk") or 0
     if type(min_chunk) ~= "number" or min_chunk ~= min_chunk or min_chunk % 1 ~= 0
       or min_chunk < 0 or min_chunk > MAX_CHUNK then
       throw(fname, "bad min_chunk (an integer from 0 to " .. MAX_CHUNK .. " expected, got "
-        .. describe(opts.min_chunk) .. ")", 2)
+        .. describe(rawget(opts, "min_chunk")) .. ")", 2)
     end
   end
   local ok, code = add(is_response, handler, min_chunk)

@@ -13,6 +13,7 @@ local EXPECTED = {
   "remap:hook:POST_REMAP", "remap:hook:OS_DNS", "remap:hook:CACHE_LOOKUP_COMPLETE",
   "remap:hook:SEND_REQUEST_HDR", "remap:hook:READ_RESPONSE_HDR", "remap:hook:SEND_RESPONSE_HDR",
   "remap:hook:TXN_CLOSE", "remap:response_transform", "remap:request_transform",
+  "remap:ts_ffi_transform",
   "remap:intercept", "remap:server_intercept", "remap:fetch", "remap:schedule",
   "remap:schedule_after_close", "remap:kept_owner", "remap:kept_coroutine",
   "global:load", "global:__init__", "global:do_global_txn_start", "global:do_global_read_request",

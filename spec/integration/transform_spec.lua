@@ -107,6 +107,15 @@ describe("ts_ffi.transform inside traffic_server", function()
       res.headers["x-late"])
   end)
 
+  it("chains with its own transforms and ts_lua's without spinning", function()
+    -- a ts_lua transform after ts_ffi's once made them wake each other forever
+    for _, args in ipairs { "lua=1", "chain=2", "chain=2&lua=1&min=5000" } do
+      local res = sb:get("t.test", "/slow-chunked/50000/1000/2?" .. args, { timeout = 20 })
+      assert.equal(200, res.status, args)
+      assert.equal(50000, #res.body, args)
+    end
+  end)
+
   it("survives clients that leave mid-body, and 30 concurrent transforms", function()
     for _ = 1, 5 do
       sb:get("t.test", "/slow-chunked/400000/1000/5?min=4096", { timeout = 1 })

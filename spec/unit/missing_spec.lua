@@ -2,6 +2,7 @@
 -- does not know: every public function either works or raises an error that starts with its
 -- own name and names what is missing. For each TS* function the double defines, a build of
 -- the double lacking it (compiled with -D<name>=<other name>) runs in a subprocess.
+local hostile = require "support.hostile"
 local ROOT = "build/double_missing"
 local ENV = "LUA_PATH='build/tree/share/lua/5.1/?.lua;spec/?.lua;;' LUA_CPATH='build/tree/lib/lua/5.1/?.so;;' "
 
@@ -59,7 +60,10 @@ describe("a TS* function missing from traffic_server", function()
           failing = failing + 1
           local prefix = r.name .. ": "
           assert(r.msg:sub(1, #prefix) == prefix, missing .. ": " .. r.msg)
-          if missing == "TSTrafficServerVersionGet" then
+          local only = hostile.ONLY_IN[r.name]
+          if only and r.msg:find(prefix .. only.msg:sub(3), 1, true) then
+            -- valid only in another kind of context: it says so before needing the function
+          elseif missing == "TSTrafficServerVersionGet" then
             -- without it the process is not traffic_server at all
             assert.matches("not running inside traffic_server %(the ATS C API, TSTrafficServerVersionGet", r.msg)
           elseif r.where == "txn" or not r.msg:find("no transaction in this context", 1, true) then

@@ -46,6 +46,9 @@ function do_remap()
       ts.hook(_G["TS_LUA_HOOK_" .. h], function() txn_run("remap:hook:" .. h) end)
     end
     ts.hook(TS_LUA_RESPONSE_TRANSFORM, once("remap:response_transform", "txn",
+      { oracle = hostile.ts_lua_oracle(true), ts_lua_transform = true }))
+    -- ts_ffi's own transform handler
+    require("ts_ffi.transform").response(once("remap:ts_ffi_transform", "txn",
       { oracle = hostile.ts_lua_oracle(true) }))
     -- a coroutine the script creates inside the transaction
     coroutine.wrap(function() txn_run("remap:coroutine") end)()
@@ -54,7 +57,7 @@ function do_remap()
     -- traffic_server 9.2.9 (ts_lua alone, without ts_ffi; measured).
     ts.hook(TS_LUA_HOOK_SEND_RESPONSE_HDR, function() end) -- keeps the context
     ts.hook(TS_LUA_REQUEST_TRANSFORM, once("remap:request_transform", "txn",
-      { oracle = hostile.ts_lua_oracle(true) }))
+      { oracle = hostile.ts_lua_oracle(true), ts_lua_transform = true }))
   elseif path == "/intercept" or path == "/server_intercept" then
     local name = path:sub(2)
     ts.http[name](function()

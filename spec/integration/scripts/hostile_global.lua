@@ -15,8 +15,9 @@ local function wanted()
   return (ts.client_request.get_uri() or ""):sub(1, 8) == "/hostile"
 end
 
-local function run(context)
-  hostile.report(context, "txn", { oracle = hostile.ts_lua_oracle(true) })
+local function run(context, in_ts_lua_transform)
+  hostile.report(context, "txn", { oracle = hostile.ts_lua_oracle(true),
+                                   ts_lua_transform = in_ts_lua_transform })
 end
 
 for _, name in ipairs { "txn_start", "read_request", "pre_remap", "post_remap", "os_dns",
@@ -32,7 +33,7 @@ for _, name in ipairs { "txn_start", "read_request", "pre_remap", "post_remap", 
       end
       local done = false
       ts.hook(TS_LUA_RESPONSE_TRANSFORM, function(data, eos)
-        if not done then done = true; run("global:response_transform") end
+        if not done then done = true; run("global:response_transform", true) end
         return data, eos
       end)
     end

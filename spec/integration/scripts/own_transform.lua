@@ -49,6 +49,14 @@ function do_remap()
     end)
     return 0
   end
+  -- chains: extra identity transforms of ts_ffi's (with a min_chunk larger than the body)
+  -- and of ts_lua's, after the logging one
+  for _ = 1, tonumber(arg("chain") or "0") do
+    transform.response(function(data) return data end, { min_chunk = 1000000 })
+  end
+  if arg("lua") then
+    ts.hook(TS_LUA_RESPONSE_TRANSFORM, function(data, eos) return data, eos end)
+  end
   if arg("request") then
     transform.request(make_handler(uri .. " request", mode), { min_chunk = min })
   else

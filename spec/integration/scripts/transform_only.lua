@@ -25,7 +25,7 @@ function do_remap()
     ts.hook(TS_LUA_RESPONSE_TRANSFORM, function(data, eos)
       if first then
         first = false
-        hostile.report("transform_only:transform", "none")
+        hostile.report("transform_only:transform", "none", { ts_lua_transform = true })
       end
       return transform(data, eos)
     end)
