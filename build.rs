@@ -37,6 +37,17 @@ const TS_FUNCTIONS: &[&str] = &[
     "TSIOBufferWaterMarkSet",
     "_TSmalloc",
     "_TSfree",
+    "TSMutexLock",
+    "TSMutexUnlock",
+    "TSContCreate",
+    "TSContDestroy",
+    "TSContDataSet",
+    "TSContDataGet",
+    "TSContCall",
+    "TSActionCancel",
+    "TSActionDone",
+    "TSHostLookup",
+    "TSHostLookupResultAddrGet",
 ];
 
 fn main() {

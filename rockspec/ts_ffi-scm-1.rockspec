@@ -28,6 +28,7 @@ build = {
       ["ts_ffi.info"] = "lua/ts_ffi/info.lua",
       ["ts_ffi.txn"] = "lua/ts_ffi/txn.lua",
       ["ts_ffi.ssn"] = "lua/ts_ffi/ssn.lua",
+      ["ts_ffi.dns"] = "lua/ts_ffi/dns.lua",
     },
   },
 }

@@ -10,6 +10,7 @@
 mod api;
 mod codes;
 mod ctx;
+mod dns;
 mod info;
 mod ssn;
 mod sys;
@@ -61,5 +62,7 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("code_names", names)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
     info::register(lua, &m)?;
+    // SAFETY: a plain lua_CFunction that never raises.
+    m.set("dns_lookup", unsafe { lua.create_c_function(dns::lua_dns_lookup)? })?;
     Ok(m)
 }
