@@ -40,7 +40,8 @@ describe("ts_ffi.dns inside traffic_server", function()
       hosts = table.concat(hosts, "\n") .. "\n",
       dns_port = select(2, hole:getsockname()),
       -- one query per address family, 2 s each, then HostDB gives up
-      records = { "CONFIG proxy.config.dns.retries INT 0" },
+      records = { "CONFIG proxy.config.dns.retries INT 0",
+                  "CONFIG proxy.config.diags.debug.tags STRING ts_lua|ts_ffi|hostdb" },
     }
     -- HostDB loads the hosts file in the background: wait until its names resolve.
     local ready = wait_for(20, function()
@@ -69,6 +70,16 @@ describe("ts_ffi.dns inside traffic_server", function()
     assert.equal(h["x-ts-addr"], h["x-addr"])
     assert.equal("10.1.2.3 fd00::5", get("/twice/v4.test/v6only.test")["x-addr"])
   end)
+
+  it("answers both after suspending (HostDB asks its hosts file) and inline (HostDB cache)",
+    function()
+      -- the first lookup of a name is delayed by HostDB, the next one answered from its cache
+      assert.equal("10.0.1.50", get("/lookup/host50.test")["x-addr"])
+      assert.equal("10.0.1.50", get("/lookup/host50.test")["x-addr"])
+      local log = io.open(sb.dir .. "/stdout.log"):read("*a")
+      assert.truthy(log:find("delaying (force=0) answer for host50.test", 1, true))
+      assert.truthy(log:find("immediate answer for host50.test", 1, true))
+    end)
 
   it("answers literal addresses, in canonical form", function()
     assert.equal("127.0.0.1", get("/lookup/127.0.0.1")["x-addr"])
@@ -144,6 +155,14 @@ describe("ts_ffi.dns inside traffic_server", function()
       local h = get("/coroutine/v4.test")
       assert.matches("^false " .. NOT_PLUGINS, h["x-co"])
       assert.equal("10.1.2.3", h["x-addr"])
+    end)
+
+  it("refuses a ts.schedule callback (a coroutine of its own) while the transaction lives",
+    function()
+      get("/schedule", { timeout = 20 })
+      local f = assert(io.open(sb.dir .. "/dns_schedule.log"))
+      assert.matches("^" .. NOT_PLUGINS, f:read("*l"))
+      f:close()
     end)
 
   it("raises 'cannot yield here' where it cannot suspend the script", function()

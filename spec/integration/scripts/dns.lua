@@ -4,7 +4,8 @@
 --   /req/<name>       looks <name> up in SEND_REQUEST_HDR: X-Req-Addr or X-Req-Err
 --   /twice/<a>/<b>    two lookups in a row in SEND_RESPONSE_HDR (X-Addr: "a b")
 --   /coroutine/<name> a lookup inside a coroutine the script creates (X-Co)
---   /errors           errors at load time, in do_remap, in TXN_CLOSE (file), pcall'd yield
+--   /errors           errors at load time, in do_remap, in TXN_CLOSE (file), a lookup under pcall
+--   /schedule         a lookup in a ts.schedule callback ($TS_FFI_SANDBOX/dns_schedule.log)
 -- TXN_CLOSE appends "<path> pending=<bool> close_err=<msg>" to $TS_FFI_SANDBOX/dns_close.log.
 local dns = require "ts_ffi.dns"
 
@@ -58,6 +59,20 @@ local function send_response()
     h["X-Co"] = tostring(ok) .. " " .. tostring(res)
     -- the hook's own coroutine still works afterwards
     h["X-Addr"] = dns.lookup(name)
+  end
+  if p == "/schedule" then
+    -- a ts.schedule callback runs in a coroutine of its own; the transaction waits for it
+    local log = os.getenv("TS_FFI_SANDBOX") .. "/dns_schedule.log"
+    ts.schedule(TS_LUA_THREAD_POOL_NET, 0, function()
+      local f = io.open(log, "a")
+      f:write(err_of(dns.lookup, "v4.test"), "\n")
+      f:close()
+    end)
+    for _ = 1, 10 do
+      local f = io.open(log)
+      if f then f:close() break end
+      ts.sleep(1)
+    end
   end
   if p == "/errors" then
     -- a yield inside a C call boundary (string.gsub's callback) cannot be suspended
