@@ -165,6 +165,12 @@ describe("ts_ffi.dns inside traffic_server", function()
       f:close()
     end)
 
+  it("refuses a response transform (a coroutine of its own)", function()
+    local res = sb:get("dns.test", "/transform")
+    assert.equal(200, res.status)
+    assert.matches("%[dns " .. NOT_PLUGINS, res.body)
+  end)
+
   it("raises 'cannot yield here' where it cannot suspend the script", function()
     local h = get("/errors")
     assert.matches(NO_YIELD, h["x-load-error"])

@@ -6,6 +6,7 @@
 --   /coroutine/<name> a lookup inside a coroutine the script creates (X-Co)
 --   /errors           errors at load time, in do_remap, in TXN_CLOSE (file), a lookup under pcall
 --   /schedule         a lookup in a ts.schedule callback ($TS_FFI_SANDBOX/dns_schedule.log)
+--   /transform        a lookup in a response transform (appended to the body)
 -- TXN_CLOSE appends "<path> pending=<bool> close_err=<msg>" to $TS_FFI_SANDBOX/dns_close.log.
 local dns = require "ts_ffi.dns"
 
@@ -93,8 +94,19 @@ local function txn_close()
   f:close()
 end
 
+-- a transform runs in a coroutine of its own
+local function transform(data, eos)
+  if eos ~= 1 and data == "" then return data, eos end
+  local marker = ts.ctx.transformed and "" or ("[dns " .. err_of(dns.lookup, "v4.test") .. "]")
+  ts.ctx.transformed = true
+  return data .. marker, eos
+end
+
 function do_remap()
   ts.ctx.remap_error = err_of(dns.lookup, "v4.test")
+  if path() == "/transform" then
+    ts.hook(TS_LUA_RESPONSE_TRANSFORM, transform)
+  end
   ts.hook(TS_LUA_HOOK_SEND_REQUEST_HDR, send_request)
   ts.hook(TS_LUA_HOOK_SEND_RESPONSE_HDR, send_response)
   ts.hook(TS_LUA_HOOK_TXN_CLOSE, txn_close)
