@@ -385,14 +385,21 @@ impl Resumable {
         unsafe { link_item(self.ci, self.layout, contp.cast(), data, cleanup) }
     }
 
-    /// Pushes values on the suspended coroutine (`push` returns how many) and resumes it, all
-    /// under the VM lock. Afterwards the continuation info may be gone: the transaction can
-    /// end inside the resume.
+    /// Resumes the coroutine if it is suspended in the yield that waits for this call: its
+    /// status is LUA_YIELD and the one value it yielded is `token` (which the caller's
+    /// Lua side yields). The token is replaced by the values `push` leaves on the coroutine
+    /// (it returns how many) and ts_lua resumes it with them, all under the VM lock.
+    /// Otherwise (the script called the native start without yielding, or the coroutine
+    /// waits for something else) nothing is touched and the answer is `Declined`.
+    /// Afterwards the continuation info may be gone: the transaction can end in the resume.
     ///
     /// SAFETY: called under the transaction's mutex (from a continuation created with
-    /// `mutex()`), before the item linked for this call was cleaned up, and while the
-    /// coroutine is suspended in the yield that waits for this call.
-    pub unsafe fn resume(self, push: impl FnOnce(*mut lua::lua_State) -> c_int) -> Result<(), Code> {
+    /// `mutex()`), before the item linked for this call was cleaned up.
+    pub unsafe fn resume(
+        self,
+        token: *mut c_void,
+        push: impl FnOnce(*mut lua::lua_State) -> c_int,
+    ) -> Result<(), Code> {
         let (lock, unlock, call) = (ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock), ts_fn!(TSContCall));
         unsafe {
             let co = read_ptr(self.ci, self.layout.routine_lua) as *mut lua::lua_State;
@@ -400,11 +407,18 @@ impl Resumable {
             let mctx = read_ptr(self.ci, self.layout.routine_mctx);
             let vm = read_ptr(mctx.cast(), self.layout.mctx_mutexp) as TSMutex;
             lock(vm);
-            let n = push(co);
-            call(contp, EVENT_COROUTINE_CONT, n as isize as *mut c_void);
+            let waiting = lua::lua_status(co) == lua::LUA_YIELD
+                && lua::lua_gettop(co) == 1
+                && lua::lua_type(co, -1) == lua::LUA_TLIGHTUSERDATA
+                && lua::lua_touserdata(co, -1) == token;
+            if waiting {
+                lua::lua_settop(co, 0);
+                let n = push(co);
+                call(contp, EVENT_COROUTINE_CONT, n as isize as *mut c_void);
+            }
             unlock(vm);
+            if waiting { Ok(()) } else { Err(Code::Declined) }
         }
-        Ok(())
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! `native.dns_lookup(name)` starts a lookup from the coroutine ts_lua runs `ts.hook`
 //! functions in and answers `addr` (known at once: a literal, or HostDB answered inline),
-//! `false, reason` (HostDB failed inline), `true` (pending: the Lua wrapper yields at once and
-//! the answer resumes it as `addr` or `nil, reason`) or `nil, code` (cannot run here).
+//! `false, reason` (HostDB failed inline), a light userdata token (pending: the Lua wrapper
+//! yields the token at once and the answer resumes it as `addr` or `nil, reason`) or
+//! `nil, code` (cannot run here).
 //!
 //! Everything about one lookup happens under the transaction's mutex: the start (a hook
 //! runs under it), HostDB's callback (HostDB calls back only holding the continuation's
@@ -13,9 +14,10 @@
 //! * inline answer: HostDB calls back inside TSHostLookup (phase `Starting`), which then
 //!   returns a done action; the start finishes the item and returns the answer;
 //! * callback: the item is finished (ts_lua will not run its cleanup), the continuation
-//!   destroyed (ATS frees it after the handler returns), then the answer is pushed on the
-//!   coroutine and the coroutine resumed, under the VM lock; nothing of the lookup is touched
-//!   after the resume, during which the transaction may end;
+//!   destroyed (ATS frees it after the handler returns), then, under the VM lock, if the
+//!   coroutine is suspended yielding this lookup's token, the answer replaces the token and
+//!   the coroutine is resumed; nothing of the lookup is touched after the resume, during
+//!   which the transaction may end;
 //! * release first (the transaction ends while the lookup is pending): the item's cleanup
 //!   cancels the action, so HostDB never calls back, and destroys the continuation.
 
@@ -54,7 +56,9 @@ struct Lookup {
 #[derive(Debug, PartialEq)]
 enum Started {
     Answer(Result<String, &'static str>),
-    Pending,
+    /// The token the wrapper must yield (the lookup's address): the callback resumes the
+    /// coroutine only if it is suspended yielding exactly this.
+    Pending(*mut c_void),
 }
 
 /// The address text of a literal IPv4 or IPv6 address, in its canonical form.
@@ -125,7 +129,8 @@ unsafe extern "C" fn on_answer(contp: TSCont, event: TSEvent, edata: *mut c_void
                 AsyncItem::finish(lookup.item);
                 drop_cont(contp);
                 let answer = decode(event, edata);
-                lookup.at.resume(|co| push_answer(co, &answer))?;
+                // Declined: the coroutine does not wait for this lookup; drop the answer.
+                let _ = lookup.at.resume(lk.cast(), |co| push_answer(co, &answer));
             }
             Phase::Answered => {}
         }
@@ -222,11 +227,11 @@ unsafe fn start(l: *mut lua::lua_State, name: &[u8]) -> Result<Started, Code> {
         }
         (*lk).action = action;
         (*lk).phase = Phase::Pending;
-        Ok(Started::Pending)
+        Ok(Started::Pending(lk.cast()))
     }
 }
 
-/// `native.dns_lookup(name)` → `addr` | `false, reason` | `true` (pending: yield now) |
+/// `native.dns_lookup(name)` → `addr` | `false, reason` | token (pending: yield it now) |
 /// `nil, code`. Never raises.
 pub unsafe extern "C-unwind" fn lua_dns_lookup(l: *mut lua::lua_State) -> c_int {
     let result = std::panic::catch_unwind(|| unsafe {
@@ -246,8 +251,8 @@ pub unsafe extern "C-unwind" fn lua_dns_lookup(l: *mut lua::lua_State) -> c_int 
     .unwrap_or(Err(Code::Internal));
     unsafe {
         match result {
-            Ok(Started::Pending) => {
-                lua::lua_pushboolean(l, 1);
+            Ok(Started::Pending(token)) => {
+                lua::lua_pushlightuserdata(l, token);
                 1
             }
             Ok(Started::Answer(Ok(addr))) => {

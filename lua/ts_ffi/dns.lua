@@ -33,9 +33,10 @@ function _M.lookup(...)
     throw(FNAME, NO_YIELD, 1)
   end
   local v, err = start(name)
-  if v == true then
-    -- Pending: HostDB's answer resumes this coroutine with `addr` or `nil, err`.
-    return yield()
+  if type(v) == "userdata" then
+    -- Pending: HostDB's answer resumes this coroutine with `addr` or `nil, err`, provided
+    -- it is suspended yielding this token.
+    return yield(v)
   elseif v then
     return v
   elseif v == false then

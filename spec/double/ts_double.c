@@ -149,8 +149,11 @@ int TSContCall(void *contp, int event, void *edata) {
     if (vm_lock_depth > 0) dns_stats.resumed_locked++;
     resume_status = lua_resume(l, (int)(intptr_t)edata);
     resume_nres = lua_gettop(l);
+    if (resume_status == LUA_YIELD) { /* left on the stack, as ts_lua does */
+      for (int i = 1; i <= resume_nres; i++) lua_pushvalue(l, i);
+    }
     if (resume_out) lua_xmove(l, resume_out, resume_nres);
-    else lua_settop(l, 0);
+    else lua_settop(l, resume_status == LUA_YIELD ? resume_nres : 0);
     return 0;
   }
   return c->func ? c->func(contp, event, edata) : 0;
@@ -360,6 +363,9 @@ static int d_run(lua_State *L) {
   status = lua_resume(l, nargs);
   nres = lua_gettop(l);
   lua_pushboolean(L, status == 0);
+  if (status == LUA_YIELD) { /* ts_lua leaves yielded values on the coroutine's stack */
+    for (int i = 1; i <= nres; i++) lua_pushvalue(l, i);
+  }
   lua_xmove(l, L, nres);
   return nres + 1;
 }

@@ -32,7 +32,7 @@ describe("ts_ffi.dns inside traffic_server", function()
     hole = assert(socket.udp())
     assert(hole:setsockname("127.0.0.1", 0))
     hole:settimeout(0)
-    local hosts = { "10.1.2.3 v4.test", "fd00::5 v6only.test" }
+    local hosts = { "10.1.2.3 v4.test", "fd00::5 v6only.test", "10.4.4.4 stray.test" }
     for i = 1, 50 do hosts[#hosts + 1] = "10.0.1." .. i .. " host" .. i .. ".test" end
     sb = ats.start {
       remap = { ["dns.test"] = S .. "dns.lua" },
@@ -169,6 +169,14 @@ describe("ts_ffi.dns inside traffic_server", function()
     local res = sb:get("dns.test", "/transform")
     assert.equal(200, res.status)
     assert.matches("%[dns " .. NOT_PLUGINS, res.body)
+  end)
+
+  it("never resumes a coroutine that does not wait for that lookup", function()
+    local h = get("/stray", { timeout = 20 })
+    assert.equal("userdata sleep_returned=0 nil", h["x-stray"])
+    assert.equal("10.4.4.4", h["x-addr"])
+    local log = io.open(sb.dir .. "/stdout.log"):read("*a")
+    assert.truthy(log:find("delaying (force=0) answer for stray.test", 1, true))
   end)
 
   it("raises 'cannot yield here' where it cannot suspend the script", function()

@@ -140,7 +140,8 @@ describe("ts_ffi.dns.lookup", function()
         assert.is_false(ok) -- not finished: suspended
         assert.equal("suspended", coroutine.status(thread))
         assert.is_true(stats().pending)
-        assert.same({ true, 1 }, { double.dns_answer("10.1.1.1") }) -- yields again (b)
+        local delivered, status, token = double.dns_answer("10.1.1.1")
+        assert.same({ true, 1, "userdata" }, { delivered, status, type(token) }) -- waits for b
         assert.same({ true, 0, "done", "10.1.1.1", nil, "host not found" },
           { double.dns_answer(nil) })
         local s = stats()
@@ -150,6 +151,31 @@ describe("ts_ffi.dns.lookup", function()
         assert.equal(s.conts, s.destroyed)
         assert.equal(0, double.release(ctx)) -- the lookups' items are finished
       end)
+
+    it("resumes nothing when the coroutine does not wait for that very lookup", function()
+      local native = require "ts_ffi"
+      local s0 = stats()
+      local thread = double.new_txn()
+      -- the native start called without yielding its token (bypassing the wrapper), then the
+      -- coroutine waits for something else
+      local ok = double.run(thread, function()
+        assert(type(native.dns_lookup("a.test")) == "userdata")
+        return coroutine.yield("something else")
+      end)
+      assert.is_false(ok)
+      assert.same({ true, -1 }, { double.dns_answer("10.0.0.1") }) -- handled, no resume
+      local s = stats()
+      assert.equal(s0.resumes, s.resumes)
+      assert.equal(s.conts, s.destroyed)
+      assert.equal(0, s.vm_lock_depth)
+      -- a coroutine that already finished is not resumed either
+      local thread2 = double.new_txn()
+      assert.is_true(double.run(thread2, function()
+        assert(type(native.dns_lookup("b.test")) == "userdata")
+      end))
+      assert.same({ true, -1 }, { double.dns_answer("10.0.0.2") })
+      assert.equal(s0.resumes, stats().resumes)
+    end)
 
     it("answers nil, err for an unexpected event", function()
       local thread = double.new_txn()

@@ -7,6 +7,7 @@
 --   /errors           errors at load time, in do_remap, in TXN_CLOSE (file), a lookup under pcall
 --   /schedule         a lookup in a ts.schedule callback ($TS_FFI_SANDBOX/dns_schedule.log)
 --   /transform        a lookup in a response transform (appended to the body)
+--   /stray            a lookup started without yielding, then ts.sleep(1) (X-Stray)
 -- TXN_CLOSE appends "<path> pending=<bool> close_err=<msg>" to $TS_FFI_SANDBOX/dns_close.log.
 local dns = require "ts_ffi.dns"
 
@@ -60,6 +61,16 @@ local function send_response()
     h["X-Co"] = tostring(ok) .. " " .. tostring(res)
     -- the hook's own coroutine still works afterwards
     h["X-Addr"] = dns.lookup(name)
+  end
+  if p == "/stray" then
+    -- the native start called without yielding its token (bypassing ts_ffi.dns), then a
+    -- ts.sleep: the lookup's answer must not resume the sleeping coroutine
+    local token = require("ts_ffi").dns_lookup("stray.test")
+    local res = { n = 0 }
+    local function collect(...) res = { n = select("#", ...), ... } end
+    collect(ts.sleep(1))
+    h["X-Stray"] = type(token) .. " sleep_returned=" .. res.n .. " " .. tostring(res[1])
+    h["X-Addr"] = dns.lookup("stray.test")
   end
   if p == "/schedule" then
     -- a ts.schedule callback runs in a coroutine of its own; the transaction waits for it
