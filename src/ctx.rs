@@ -14,6 +14,10 @@
 //! * Layouts are private: they are used only when the running ATS is a version whose layout
 //!   was measured (`layout_for`), or the operator explicitly opts in.
 //!
+//! The same structure is ts_lua's continuation info for the coroutine it runs `ts.hook`
+//! functions in: `Resumable` lets an asynchronous call (ts_ffi.dns) hang an item on its
+//! async chain and resume the coroutine the way ts_lua's own `ts.sleep` does.
+//!
 //! All Lua code runs under ts_lua's per-VM mutex, and ts_lua releases contexts under the same
 //! mutex, so a record's `alive` flag cannot change between a check and the call it guards.
 

@@ -93,7 +93,7 @@ local function send_response()
       .. err_of(dns.lookup, "a", "b")
     h["X-Invalid"] = select(2, dns.lookup(""))
     -- pcall is yieldable in LuaJIT: a lookup inside it works
-    local ok, addr = pcall(dns.lookup, "v4.test")
+    local ok, addr = pcall(dns.lookup, "pcall.test")
     h["X-Pcall"] = tostring(ok) .. " " .. tostring(addr)
   end
 end

@@ -8,7 +8,7 @@ local function err_of(f, ...)
 end
 
 local function on_send_response()
-  ts.client_response.header["X-Global-Hook-Addr"] = dns.lookup("v4.test")
+  ts.client_response.header["X-Global-Hook-Addr"] = dns.lookup("global.test")
 end
 
 function do_global_read_request()
