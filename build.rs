@@ -74,6 +74,17 @@ const TS_FUNCTIONS: &[&str] = &[
     "TSHttpTxnReenable",
     "_TSmalloc",
     "_TSfree",
+    "TSMutexLock",
+    "TSMutexUnlock",
+    "TSContCreate",
+    "TSContDestroy",
+    "TSContDataSet",
+    "TSContDataGet",
+    "TSContCall",
+    "TSActionCancel",
+    "TSActionDone",
+    "TSHostLookup",
+    "TSHostLookupResultAddrGet",
 ];
 
 fn main() {

@@ -29,6 +29,7 @@ build = {
       ["ts_ffi.txn"] = "lua/ts_ffi/txn.lua",
       ["ts_ffi.ssn"] = "lua/ts_ffi/ssn.lua",
       ["ts_ffi.transform"] = "lua/ts_ffi/transform.lua",
+      ["ts_ffi.dns"] = "lua/ts_ffi/dns.lua",
     },
   },
 }

@@ -384,7 +384,7 @@ unsafe fn add(l: *mut lua::lua_State, response: bool, min_chunk: usize) -> Resul
         if mctx.is_null() {
             return Err(Code::NoTxn);
         }
-        let vm_lock = std::ptr::read(mctx.add(layout.main_mutex) as *const TSMutex);
+        let vm_lock = std::ptr::read(mctx.add(layout.mctx_mutexp) as *const TSMutex);
         let mut ar: lua::lua_Debug = std::mem::zeroed();
         lua::lua_pushvalue(l, 2);
         let origin = if lua::lua_getinfo(l, c">S".as_ptr(), &mut ar) != 0  {

@@ -24,10 +24,12 @@ pub enum Code {
     BadArg = 7,
     /// A Rust panic was caught at the FFI boundary (a ts_ffi bug).
     Internal = 8,
+    /// The running thread is not a coroutine ts_lua resumes after an asynchronous call.
+    NotResumable = 9,
 }
 
 /// Every code, in numeric order.
-pub const ALL: [Code; 9] = [
+pub const ALL: [Code; 10] = [
     Code::Ok,
     Code::Declined,
     Code::NotInAts,
@@ -37,6 +39,7 @@ pub const ALL: [Code; 9] = [
     Code::UnsupportedVersion,
     Code::BadArg,
     Code::Internal,
+    Code::NotResumable,
 ];
 
 impl Code {
@@ -56,6 +59,7 @@ impl Code {
             Code::UnsupportedVersion => "unsupported_version",
             Code::BadArg => "bad_arg",
             Code::Internal => "internal",
+            Code::NotResumable => "not_resumable",
         }
     }
 }

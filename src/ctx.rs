@@ -14,12 +14,16 @@
 //! * Layouts are private: they are used only when the running ATS is a version whose layout
 //!   was measured (`layout_for`), or the operator explicitly opts in.
 //!
+//! The same structure is ts_lua's continuation info for the coroutine it runs `ts.hook`
+//! functions in: `Resumable` lets an asynchronous call (ts_ffi.dns) hang an item on its
+//! async chain and resume the coroutine the way ts_lua's own `ts.sleep` does.
+//!
 //! All Lua code runs under ts_lua's per-VM mutex, and ts_lua releases contexts under the same
 //! mutex, so a record's `alive` flag cannot change between a check and the call it guards.
 
 use crate::api::{api, ts_fn};
 use crate::codes::Code;
-use crate::sys::TSHttpTxn;
+use crate::sys::{TSCont, TSEvent, TSHttpTxn, TSMutex};
 use mlua::ffi as lua;
 use std::ffi::CStr;
 use std::os::raw::{c_int, c_void};
@@ -39,14 +43,19 @@ pub struct Layout {
     pub txnp: usize,
     /// `sizeof(ts_lua_async_item)`; fields next, cinfo, contp, data, cleanup, deleted.
     pub async_item_size: usize,
-    /// `ts_lua_cont_info.contp` (for a transform context: its transform VConn).
-    pub cinfo_contp: usize,
+    /// `ts_lua_http_ctx.cinfo.routine.mctx`: the Lua VM's `ts_lua_main_ctx`.
+    pub routine_mctx: usize,
+    /// `ts_lua_http_ctx.cinfo.contp`: the continuation that resumes the coroutine on
+    /// `TS_LUA_EVENT_COROUTINE_CONT`.
+    pub cont_contp: usize,
+    /// `ts_lua_http_ctx.cinfo.mutex`: the transaction's mutex.
+    pub cont_mutex: usize,
+    /// `ts_lua_main_ctx.mutexp`: the VM lock.
+    pub mctx_mutexp: usize,
     /// `ts_lua_http_transform_ctx.upstream_watermark_bytes`.
     pub transform_watermark: usize,
     /// `ts_lua_http_ctx.has_hook` (int): ts_lua keeps the context until TXN_CLOSE when set.
     pub http_has_hook: usize,
-    /// `ts_lua_main_ctx.mutexp`, the per-VM lock (the context's `cinfo.routine.mctx` is at 0).
-    pub main_mutex: usize,
 }
 
 /// ts_lua in ATS 9.2.x (plugins/lua/ts_lua_common.h, ts_lua_coroutine.h), measured on 9.2.9.
@@ -56,10 +65,12 @@ pub const LAYOUT_9_2: Layout = Layout {
     async_chain: 40,
     txnp: 48,
     async_item_size: 48,
-    cinfo_contp: 24,
+    routine_mctx: 0,
+    cont_contp: 24,
+    cont_mutex: 32,
+    mctx_mutexp: 8,
     transform_watermark: 112,
     http_has_hook: 160,
-    main_mutex: 8,
 };
 
 /// Environment variable naming an untested `major.minor` the operator allows ts_ffi to treat
@@ -265,15 +276,20 @@ pub unsafe fn running_ts_lua_transform(l: *mut lua::lua_State) -> Result<(*mut u
 }
 
 /// ts_lua's `ts_lua_async_item` (9.2 layout), allocated with TSmalloc because ts_lua frees it.
+/// ts_lua runs `cleanup` (unless `deleted`) when it releases the continuation info the item
+/// is chained on, under the VM lock, then frees the item; until then the item stays linked.
 #[repr(C)]
-struct AsyncItem {
+pub struct AsyncItem {
     next: *mut AsyncItem,
     cinfo: *mut c_void,
     contp: *mut c_void,
     data: *mut c_void,
-    cleanup: Option<unsafe extern "C" fn(*mut AsyncItem) -> c_int>,
+    cleanup: Option<ItemCleanup>,
     deleted: u32,
 }
+
+/// An async item's cleanup, run by ts_lua when it releases the continuation info.
+pub type ItemCleanup = unsafe extern "C" fn(*mut AsyncItem) -> c_int;
 
 const _: () = assert!(std::mem::size_of::<AsyncItem>() == LAYOUT_9_2.async_item_size);
 
@@ -286,18 +302,61 @@ pub fn watched() -> isize {
     WATCHED.load(Ordering::Relaxed)
 }
 
+impl AsyncItem {
+    /// Takes the item's data pointer, leaving null: whoever takes it owns what it points to.
+    ///
+    /// SAFETY: `item` is an item linked by this module and not yet freed by ts_lua.
+    pub unsafe fn take_data(item: *mut AsyncItem) -> *mut c_void {
+        match unsafe { item.as_mut() } {
+            Some(item) => std::mem::replace(&mut item.data, std::ptr::null_mut()),
+            None => std::ptr::null_mut(),
+        }
+    }
+
+    /// Marks the item done: ts_lua will not run its cleanup, and frees it later.
+    ///
+    /// SAFETY: as for `take_data`.
+    pub unsafe fn finish(item: *mut AsyncItem) {
+        if let Some(item) = unsafe { item.as_mut() } {
+            item.data = std::ptr::null_mut();
+            item.deleted = 1;
+        }
+    }
+}
+
+/// Links a new item onto the async chain of the continuation info at `ci`.
+///
+/// SAFETY: `ci` is a live `ts_lua_cont_info` (checked by the caller) and the VM lock is held.
+unsafe fn link_item(
+    ci: *mut u8,
+    layout: Layout,
+    contp: *mut c_void,
+    data: *mut c_void,
+    cleanup: ItemCleanup,
+) -> Result<*mut AsyncItem, Code> {
+    let malloc = ts_fn!(_TSmalloc);
+    unsafe {
+        let item = malloc(layout.async_item_size, c"ts_ffi".as_ptr()) as *mut AsyncItem;
+        if item.is_null() {
+            return Err(Code::Internal);
+        }
+        let head = ci.add(layout.async_chain) as *mut *mut AsyncItem;
+        item.write(AsyncItem { next: *head, cinfo: ci.cast(), contp, data, cleanup: Some(cleanup), deleted: 0 });
+        *head = item;
+        Ok(item)
+    }
+}
+
 /// Called by ts_lua while it releases the context (VM mutex held): the record dies first.
 unsafe extern "C" fn on_ctx_release(item: *mut AsyncItem) -> c_int {
     let result = std::panic::catch_unwind(|| {
         // SAFETY: ts_lua passes the item we linked; `data` is the record's reference we gave it.
         unsafe {
-            if let Some(item) = item.as_mut() {
-                let rec = std::mem::replace(&mut item.data, std::ptr::null_mut());
-                if !rec.is_null() {
-                    let rec = Arc::from_raw(rec as *const CtxRec);
-                    rec.alive.store(false, Ordering::Release);
-                    WATCHED.fetch_sub(1, Ordering::Relaxed);
-                }
+            let rec = AsyncItem::take_data(item);
+            if !rec.is_null() {
+                let rec = Arc::from_raw(rec as *const CtxRec);
+                rec.alive.store(false, Ordering::Release);
+                WATCHED.fetch_sub(1, Ordering::Relaxed);
             }
         }
     });
@@ -308,34 +367,24 @@ unsafe extern "C" fn on_ctx_release(item: *mut AsyncItem) -> c_int {
 ///
 /// SAFETY: `ctx` was just validated as live and the VM mutex is held.
 unsafe fn watch_release(ctx: *mut u8, layout: Layout, rec: &Arc<CtxRec>) -> Result<(), Code> {
-    let malloc = ts_fn!(_TSmalloc);
-    unsafe {
-        let item = malloc(layout.async_item_size, c"ts_ffi".as_ptr()) as *mut AsyncItem;
-        if item.is_null() {
-            return Err(Code::Internal);
+    let data = Arc::into_raw(Arc::clone(rec)) as *mut c_void;
+    match unsafe { link_item(ctx, layout, std::ptr::null_mut(), data, on_ctx_release) } {
+        Ok(_) => {
+            WATCHED.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         }
-        let head = ctx.add(layout.async_chain) as *mut *mut AsyncItem;
-        item.write(AsyncItem {
-            next: *head,
-            cinfo: ctx.cast(),
-            contp: std::ptr::null_mut(),
-            data: Arc::into_raw(Arc::clone(rec)) as *mut c_void,
-            cleanup: Some(on_ctx_release),
-            deleted: 0,
-        });
-        *head = item;
+        Err(code) => {
+            // SAFETY: the reference made above, never handed out.
+            drop(unsafe { Arc::from_raw(data as *const CtxRec) });
+            Err(code)
+        }
     }
-    WATCHED.fetch_add(1, Ordering::Relaxed);
-    Ok(())
 }
 
-/// Finds and checks the running transaction's context; on success a new record whose one
-/// reference is the caller's.
+/// The running thread's transaction context, found in its environment and checked live.
 ///
 /// SAFETY: `l` is the running Lua state (a lua_CFunction's argument).
-unsafe fn acquire(l: *mut lua::lua_State) -> Result<*const CtxRec, Code> {
-    api()?;
-    let layout = layout()?;
+unsafe fn find_live(l: *mut lua::lua_State, layout: Layout) -> Result<*mut u8, Code> {
     unsafe {
         let ctx = env_pointer(l, c"__ts_http_ctx");
         lua::lua_pushvalue(l, lua::LUA_GLOBALSINDEX);
@@ -348,9 +397,120 @@ unsafe fn acquire(l: *mut lua::lua_State) -> Result<*const CtxRec, Code> {
         if !live {
             return Err(Code::Gone);
         }
-        let rec = Arc::new(CtxRec { alive: AtomicBool::new(true), ctx, layout });
-        watch_release(ctx, layout, &rec)?;
-        Ok(Arc::into_raw(rec))
+        Ok(ctx)
+    }
+}
+
+/// Finds and checks the running transaction's context; on success a new record whose one
+/// reference is the caller's.
+///
+/// SAFETY: `l` is the running Lua state (a lua_CFunction's argument).
+unsafe fn acquire(l: *mut lua::lua_State) -> Result<*const CtxRec, Code> {
+    api()?;
+    let layout = layout()?;
+    let ctx = unsafe { find_live(l, layout) }?;
+    let rec = Arc::new(CtxRec { alive: AtomicBool::new(true), ctx, layout });
+    unsafe { watch_release(ctx, layout, &rec) }?;
+    Ok(Arc::into_raw(rec))
+}
+
+/// ts_lua's event that resumes a coroutine suspended in an asynchronous call
+/// (`TS_LUA_EVENT_COROUTINE_CONT`; event data: the number of values pushed on it).
+const EVENT_COROUTINE_CONT: TSEvent = 20000;
+
+/// The continuation info of the coroutine ts_lua runs the transaction's `ts.hook` functions
+/// in, found when the running thread is that coroutine. ts_lua resumes it on
+/// `EVENT_COROUTINE_CONT` sent to its continuation, which runs under the transaction's mutex.
+///
+/// Valid while ts_lua has not released it: an owner links an async item (`link_item`) and
+/// uses this only until the item's cleanup runs or the owner finishes the item.
+#[derive(Debug, Clone, Copy)]
+pub struct Resumable {
+    ci: *mut u8,
+    layout: Layout,
+}
+
+/// The running thread as a coroutine ts_lua will resume, or why not: `NoTxn`/`Gone` without
+/// a live transaction context, `NotResumable` when the running thread is another one (a
+/// coroutine the script created, a transform, an intercept). Whether the thread can yield
+/// right now (not under lua_pcall from C) is for the caller to check.
+///
+/// SAFETY: `l` is the running Lua state (a lua_CFunction's argument).
+pub unsafe fn resumable(l: *mut lua::lua_State) -> Result<Resumable, Code> {
+    api()?;
+    let layout = layout()?;
+    // Everything `resume` needs must exist before anything is started.
+    let _ = (ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock), ts_fn!(TSContCall));
+    let ci = unsafe { find_live(l, layout) }?;
+    // SAFETY: `ci` was just checked live; the VM lock is held (Lua is running).
+    unsafe {
+        let co = read_ptr(ci, layout.routine_lua);
+        let mctx = read_ptr(ci, layout.routine_mctx);
+        if co != l.cast()
+            || mctx.is_null()
+            || read_ptr(mctx.cast(), layout.mctx_mutexp).is_null()
+            || read_ptr(ci, layout.cont_contp).is_null()
+            || read_ptr(ci, layout.cont_mutex).is_null()
+        {
+            return Err(Code::NotResumable);
+        }
+    }
+    Ok(Resumable { ci, layout })
+}
+
+impl Resumable {
+    /// The transaction's mutex, for the continuations of asynchronous calls.
+    pub fn mutex(&self) -> TSMutex {
+        // SAFETY: see the type's docs.
+        unsafe { read_ptr(self.ci, self.layout.cont_mutex) as TSMutex }
+    }
+
+    /// Links an async item whose cleanup ts_lua runs if it releases the coroutine first.
+    ///
+    /// SAFETY: called from the running coroutine (VM lock held).
+    pub unsafe fn link_item(
+        &self,
+        contp: TSCont,
+        data: *mut c_void,
+        cleanup: ItemCleanup,
+    ) -> Result<*mut AsyncItem, Code> {
+        unsafe { link_item(self.ci, self.layout, contp.cast(), data, cleanup) }
+    }
+
+    /// Resumes the coroutine if it is suspended in the yield that waits for this call: its
+    /// status is LUA_YIELD and the one value it yielded is `token` (which the caller's
+    /// Lua side yields). The token is replaced by the values `push` leaves on the coroutine
+    /// (it returns how many) and ts_lua resumes it with them, all under the VM lock.
+    /// Otherwise (the script called the native start without yielding, or the coroutine
+    /// waits for something else) nothing is touched and the answer is `Declined`.
+    /// Afterwards the continuation info may be gone: the transaction can end in the resume.
+    ///
+    /// SAFETY: called under the transaction's mutex (from a continuation created with
+    /// `mutex()`), before the item linked for this call was cleaned up.
+    pub unsafe fn resume(
+        self,
+        token: *mut c_void,
+        push: impl FnOnce(*mut lua::lua_State) -> c_int,
+    ) -> Result<(), Code> {
+        let (lock, unlock, call) = (ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock), ts_fn!(TSContCall));
+        unsafe {
+            let co = read_ptr(self.ci, self.layout.routine_lua) as *mut lua::lua_State;
+            let contp = read_ptr(self.ci, self.layout.cont_contp) as TSCont;
+            let mctx = read_ptr(self.ci, self.layout.routine_mctx);
+            let vm = read_ptr(mctx.cast(), self.layout.mctx_mutexp) as TSMutex;
+            lock(vm);
+            let waiting = lua::lua_status(co) == lua::LUA_YIELD
+                && lua::lua_gettop(co) == 1
+                && lua::lua_type(co, -1) == lua::LUA_TLIGHTUSERDATA
+                && lua::lua_touserdata(co, -1) == token;
+            if waiting {
+                lua::lua_settop(co, 0);
+                let n = push(co);
+                call(contp, EVENT_COROUTINE_CONT, n as isize as *mut c_void);
+            }
+            unlock(vm);
+            if waiting { Ok(()) } else { Err(Code::Declined) }
+        }
     }
 }
 

@@ -6,8 +6,8 @@
 //! - `ctx`: ts_lua's transaction context, checked on every use (the only unsafe layouts).
 //! - `codes`: return codes of the flat functions and the panic guard.
 //! - `addr`: socket addresses between text and `sockaddr`.
-//! - one file per ATS area (`info`, `txn`, `ssn`, `transform` with `body`, ts_ffi's own
-//!   transform engine), mirrored by `lua/ts_ffi/<area>.lua`.
+//! - one file per ATS area (`info`, `txn`, `ssn`, `dns`, `transform` with `body`, ts_ffi's
+//!   own transform engine), mirrored by `lua/ts_ffi/<area>.lua`.
 
 // Every entry point catches panics (codes::guard, native_fn, mlua's callbacks); with
 // panic=abort they would take traffic_server down instead.
@@ -19,6 +19,7 @@ mod api;
 mod body;
 mod codes;
 mod ctx;
+mod dns;
 mod info;
 mod ssn;
 mod sys;
@@ -115,5 +116,7 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("last_missing", lua.create_function(|_, ()| Ok(api::last_missing()))?)?;
     #[cfg(feature = "panic-test")]
     panic_test::register(lua, &m)?;
+    // SAFETY: a plain lua_CFunction that never raises.
+    m.set("dns_lookup", unsafe { lua.create_c_function(dns::lua_dns_lookup)? })?;
     Ok(m)
 }

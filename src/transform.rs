@@ -23,7 +23,7 @@ unsafe fn watermark(l: *mut lua::lua_State, set: Option<i64>) -> Result<i64, Cod
     unsafe {
         // SAFETY: the transform context is live (its handler is running) and its contp is the
         // transform VConn ts_lua created.
-        let contp = std::ptr::read(tctx.add(layout.cinfo_contp) as *const crate::sys::TSVConn);
+        let contp = std::ptr::read(tctx.add(layout.cont_contp) as *const crate::sys::TSVConn);
         let vio = write_vio(contp);
         let buffer = if vio.is_null() { std::ptr::null_mut() } else { vio_buffer(vio) };
         if buffer.is_null() {

@@ -63,11 +63,6 @@ typedef struct {
   int hooks[16];        /* TSHttpTxnHookAdd calls by hook id */
 } fake_txn;
 
-/* A continuation (TSContCreate / TSTransformCreate): handler and data. */
-typedef struct {
-  void *func;
-  void *data;
-} fake_cont;
 
 /* A transform VConn with its input VIO and buffer, as far as ts_ffi looks. */
 typedef struct {
@@ -173,25 +168,197 @@ int TSHttpTxnServerRespGet(void *txnp, void **bufp, void **locp) {
   return 0;
 }
 int TSHandleMLocRelease(void *bufp, void *parent, void *loc) { (void)bufp; (void)parent; (void)loc; return 0; }
-void *TSContCreate(void *func, void *mutex) {
-  fake_cont *c = calloc(1, sizeof *c);
-  (void)mutex;
-  c->func = func;
-  return c;
-}
+void *TSContCreate(void *func, void *mutex);
 void *TSTransformCreate(void *func, void *txnp) { (void)txnp; return TSContCreate(func, NULL); }
-void TSContDataSet(void *contp, void *data) { ((fake_cont *)contp)->data = data; }
-void *TSContDataGet(void *contp) { return ((fake_cont *)contp)->data; }
 void *TSContMutexGet(void *contp) { (void)contp; return NULL; }
 void TSHttpTxnHookAdd(void *txnp, int id, void *contp) {
   (void)contp;
   if (id >= 0 && id < 16) ((fake_txn *)txnp)->hooks[id]++;
 }
-void TSMutexLock(void *m) { (void)m; }
-void TSMutexUnlock(void *m) { (void)m; }
 
 void *_TSmalloc(size_t size, const char *path) { (void)path; return malloc(size); }
 void _TSfree(void *p) { free(p); }
+
+/* ---- continuations, mutexes, HostDB (ts_ffi.dns) ----
+ * A fake main ctx (VM lock), the ts_lua continuation of each transaction (TSContCall with
+ * event 20000 resumes the transaction's coroutine, as ts_lua_http_cont_handler does), and a
+ * HostDB that answers inline or keeps one lookup pending until double.dns_answer(). */
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+typedef struct {
+  lua_State *lua;
+  void *mutexp; /* offset 8 */
+} fake_main_ctx;
+
+typedef int (*fake_event_fn)(void *contp, int event, void *edata);
+
+typedef struct {
+  fake_event_fn func;
+  void *mutex;
+  void *data;
+  void *ts_lua_ctx; /* non-NULL: a transaction's ts_lua continuation */
+  int destroyed;
+} fake_cont;
+
+typedef struct {
+  int cancelled;
+} fake_action;
+
+static int vm_mutex_obj, txn_mutex_obj;
+static fake_main_ctx main_ctx = {NULL, &vm_mutex_obj};
+static int vm_lock_depth;
+static struct {
+  int conts, destroyed, lookups, cancels, resumes, resumed_locked;
+} dns_stats;
+static char dns_mode[16] = "pending";
+static char dns_inline_addr[64] = "";
+static fake_cont *pending_cont;
+static fake_action *pending_action;
+static fake_action done_action; /* stands for ACTION_RESULT_DONE */
+static lua_State *resume_out; /* where the coroutine's results go after a resume */
+static int resume_status, resume_nres;
+
+static void dns_init_ctx(fake_http_ctx *ctx) {
+  fake_cont *c = calloc(1, sizeof *c);
+  c->ts_lua_ctx = ctx;
+  ctx->mctx = &main_ctx;
+  ctx->contp = c;
+  ctx->mutex = &txn_mutex_obj;
+}
+
+void TSMutexLock(void *m) { if (m == &vm_mutex_obj) vm_lock_depth++; }
+void TSMutexUnlock(void *m) { if (m == &vm_mutex_obj) vm_lock_depth--; }
+
+void *TSContCreate(void *func_, void *mutex) {
+  fake_event_fn func = (fake_event_fn)func_;
+  fake_cont *c = calloc(1, sizeof *c);
+  c->func = func;
+  c->mutex = mutex;
+  dns_stats.conts++;
+  return c;
+}
+void TSContDestroy(void *contp) { ((fake_cont *)contp)->destroyed = 1; dns_stats.destroyed++; }
+void TSContDataSet(void *contp, void *data) { ((fake_cont *)contp)->data = data; }
+void *TSContDataGet(void *contp) { return ((fake_cont *)contp)->data; }
+
+int TSContCall(void *contp, int event, void *edata) {
+  fake_cont *c = contp;
+  if (c->ts_lua_ctx && event == 20000) { /* ts_lua_http_cont_handler, COROUTINE_CONT */
+    lua_State *l = ((fake_http_ctx *)c->ts_lua_ctx)->lua;
+    dns_stats.resumes++;
+    if (vm_lock_depth > 0) dns_stats.resumed_locked++;
+    resume_status = lua_resume(l, (int)(intptr_t)edata);
+    resume_nres = lua_gettop(l);
+    if (resume_status == LUA_YIELD) { /* left on the stack, as ts_lua does */
+      for (int i = 1; i <= resume_nres; i++) lua_pushvalue(l, i);
+    }
+    if (resume_out) lua_xmove(l, resume_out, resume_nres);
+    else lua_settop(l, resume_status == LUA_YIELD ? resume_nres : 0);
+    return 0;
+  }
+  return c->func ? c->func(contp, event, edata) : 0;
+}
+
+int TSActionDone(void *a) { return a == &done_action; }
+void TSActionCancel(void *a) { if (a && a != &done_action) { ((fake_action *)a)->cancelled = 1; dns_stats.cancels++; } }
+
+static struct sockaddr_storage dns_result;
+const struct sockaddr *TSHostLookupResultAddrGet(void *r) { return (const struct sockaddr *)r; }
+
+/* Fills dns_result from address text; returns it, or NULL for NULL/unparsable text. */
+static void *make_result(const char *addr) {
+  memset(&dns_result, 0, sizeof dns_result);
+  if (!addr) return NULL;
+  struct sockaddr_in *a4 = (struct sockaddr_in *)&dns_result;
+  struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&dns_result;
+  if (inet_pton(AF_INET, addr, &a4->sin_addr) == 1) { a4->sin_family = AF_INET; return &dns_result; }
+  if (inet_pton(AF_INET6, addr, &a6->sin6_addr) == 1) { a6->sin6_family = AF_INET6; return &dns_result; }
+  return NULL;
+}
+
+void *TSHostLookup(void *contp, const char *name, size_t len) {
+  fake_cont *c = contp;
+  (void)name;
+  if (len == 0) abort(); /* ATS release-asserts namelen > 0 */
+  dns_stats.lookups++;
+  if (strcmp(dns_mode, "inline") == 0) { /* HostDB answers inside the call */
+    c->func(contp, 500, make_result(dns_inline_addr[0] ? dns_inline_addr : NULL));
+    return &done_action;
+  }
+  pending_cont = c;
+  pending_action = calloc(1, sizeof *pending_action);
+  return pending_action;
+}
+
+/* double.dns_mode("pending" | "inline" [, addr]) */
+static int d_dns_mode(lua_State *L) {
+  snprintf(dns_mode, sizeof dns_mode, "%s", luaL_checkstring(L, 1));
+  snprintf(dns_inline_addr, sizeof dns_inline_addr, "%s", luaL_optstring(L, 2, ""));
+  return 0;
+}
+
+/* double.dns_answer(addr | nil [, event]) -> delivered, status, results...
+ * Completes the pending lookup the way HostDB does: not at all if it was cancelled;
+ * otherwise the continuation's handler runs, and whatever the coroutine returns or
+ * yields after being resumed comes back here. */
+static int d_dns_answer(lua_State *L) {
+  fake_cont *c = pending_cont;
+  fake_action *a = pending_action;
+  int event = (int)luaL_optinteger(L, 2, 500);
+  pending_cont = NULL;
+  pending_action = NULL;
+  if (!c || !a || a->cancelled) {
+    free(a);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  free(a);
+  if (c->destroyed) return luaL_error(L, "HostDB would call a destroyed continuation");
+  int top = lua_gettop(L);
+  resume_out = L;
+  resume_nres = 0;
+  resume_status = -1;
+  c->func(c, event, make_result(lua_tostring(L, 1)));
+  resume_out = NULL;
+  lua_pushboolean(L, 1);
+  lua_pushinteger(L, resume_status);
+  lua_insert(L, top + 1);
+  lua_insert(L, top + 1);
+  return lua_gettop(L) - top;
+}
+
+/* double.dns_stats() -> { conts, destroyed, lookups, cancels, resumes, resumed_locked,
+ * vm_lock_depth, pending } */
+static int d_dns_stats(lua_State *L) {
+  lua_newtable(L);
+#define F(name, v) lua_pushinteger(L, v); lua_setfield(L, -2, name)
+  F("conts", dns_stats.conts); F("destroyed", dns_stats.destroyed);
+  F("lookups", dns_stats.lookups); F("cancels", dns_stats.cancels);
+  F("resumes", dns_stats.resumes); F("resumed_locked", dns_stats.resumed_locked);
+  F("vm_lock_depth", vm_lock_depth);
+#undef F
+  lua_pushboolean(L, pending_cont != NULL);
+  lua_setfield(L, -2, "pending");
+  return 1;
+}
+
+/* double.call(thread, fn, ...) -> ok, results... | false, err
+ * Runs fn in the transaction's coroutine under lua_pcall, as ts_lua runs do_remap and the
+ * TXN_CLOSE hook (the coroutine cannot yield there). */
+static int d_call(lua_State *L) {
+  lua_State *l = lua_tothread(L, 1);
+  int nargs = lua_gettop(L) - 2, status, nres;
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(l, 0);
+  lua_xmove(L, l, nargs + 1);
+  status = lua_pcall(l, nargs, LUA_MULTRET, 0);
+  nres = lua_gettop(l);
+  lua_pushboolean(L, status == 0);
+  lua_xmove(l, L, nres);
+  return nres + 1;
+}
 
 /* ---- Lua side: fake transactions ---- */
 static uint64_t next_txn_id = 1000;
@@ -224,8 +391,7 @@ static int d_new_txn(lua_State *L) {
     lua_pop(L, 1);
   }
   ctx->txnp = txn;
-  static void *fake_main_ctx[4]; /* ts_lua_main_ctx: lua, mutexp, ... */
-  ctx->mctx = fake_main_ctx;
+  dns_init_ctx(ctx); /* mctx, contp, mutex: what ts.hook coroutines have (ts_ffi.dns) */
 
   lua_State *l = lua_newthread(L); /* [thread] */
   lua_newtable(l);
@@ -302,6 +468,9 @@ static int d_run(lua_State *L) {
   status = lua_resume(l, nargs);
   nres = lua_gettop(l);
   lua_pushboolean(L, status == 0);
+  if (status == LUA_YIELD) { /* ts_lua leaves yielded values on the coroutine's stack */
+    for (int i = 1; i <= nres; i++) lua_pushvalue(l, i);
+  }
   lua_xmove(l, L, nres);
   return nres + 1;
 }
@@ -468,6 +637,8 @@ int luaopen_ts_double(lua_State *L) {
       {"set_txn", d_set_txn},         {"outgoing", d_outgoing},
       {"new_transform", d_new_transform}, {"set_cont_info", d_set_cont_info},
       {"transform_state", d_transform_state}, {"hooks", d_hooks},
+      {"call", d_call}, {"dns_mode", d_dns_mode}, {"dns_answer", d_dns_answer},
+      {"dns_stats", d_dns_stats},
       {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);

@@ -100,7 +100,8 @@ function M.start(opts)
     "CONFIG proxy.config.http.server_session_sharing.match STRING none",
     "CONFIG proxy.config.hostdb.host_file.path STRING " .. dir .. "/hosts",
     "CONFIG proxy.config.dns.resolv_conf STRING NULL",
-    "CONFIG proxy.config.dns.nameservers STRING 127.0.0.1:" .. free_port(),
+    -- opts.dns_port: the loopback UDP port of the only DNS server (default: a free port)
+    "CONFIG proxy.config.dns.nameservers STRING 127.0.0.1:" .. (opts.dns_port or free_port()),
     "CONFIG proxy.config.dns.lookup_timeout INT 2",
     "CONFIG proxy.config.http.keep_alive_no_activity_timeout_out INT 5",
   }
