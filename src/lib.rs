@@ -10,6 +10,7 @@
 mod api;
 mod codes;
 mod ctx;
+mod fast;
 mod info;
 mod ssn;
 mod sys;
@@ -60,6 +61,9 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     }
     m.set("code_names", names)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
+    // SAFETY: a plain lua_CFunction; raises only memory errors.
+    m.set("bind", unsafe { lua.create_c_function(fast::lua_bind)? })?;
+    m.set("box_key", fast::BOX_KEY.to_str().unwrap_or_default())?;
     info::register(lua, &m)?;
     Ok(m)
 }

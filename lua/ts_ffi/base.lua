@@ -66,7 +66,12 @@ end
 -- caller: 1 = the public function's caller).
 local getinfo = debug.getinfo
 local function throw(fname, msg, level)
+  -- past C frames: the C closure of the interpreted path (base.fast), pcall
   local info = getinfo(level + 2, "Sl")
+  for up = level + 3, level + 5 do
+    if not info or info.what ~= "C" then break end
+    info = getinfo(up, "Sl")
+  end
   local where = info and info.currentline and info.currentline > 0
     and " (at " .. info.short_src .. ":" .. info.currentline .. ")" or ""
   error(fname .. ": " .. msg .. where, 0)
@@ -94,19 +99,41 @@ local acquire = native.ctx_acquire
 local rec_ptr_t = ffi.typeof("const ts_ffi_ctx *")
 local release = C.ts_ffi_ctx_release
 
+-- Which path the hot calls take, chosen once when ts_ffi is loaded: JIT-compiled FFI wrappers
+-- when LuaJIT's JIT compiler is on, C functions (src/fast.rs) when it is off, where an
+-- interpreted FFI call is slower than a C function call. Turn the JIT off (jit.off(), or
+-- tslua.so's --jit=0) before the first require of a ts_ffi module for it to count.
+local interpreted = not require("jit").status()
+_M.interpreted = interpreted
+local BOX_KEY = native.box_key
+
 function _M.get_ctx(fname)
   local env = getfenv(0)
   local rec = rawget(env, REC_KEY)
   if rec then
     return rec
   end
-  local ud, code = acquire()
+  local ud, box = acquire()
   if not ud then
-    raise(fname, code, nil, 3)
+    raise(fname, box, nil, 3)
   end
   rec = ffi_gc(ffi_cast(rec_ptr_t, ud), release)
   rawset(env, REC_KEY, rec)
+  if interpreted then
+    rawset(env, BOX_KEY, box) -- for the C functions of the interpreted path
+  end
   return rec
+end
+
+-- The public function for `impl` (a Lua/FFI wrapper): `impl` itself with the JIT on; with it
+-- off, a C closure that answers the common case itself and otherwise calls `impl` with the
+-- same arguments. `name` names the C function in src/fast.rs (`lookup`).
+local bind = native.bind
+function _M.fast(name, impl)
+  if interpreted then
+    return bind(name, impl) or impl
+  end
+  return impl
 end
 
 -- Raises unless the call had no arguments.

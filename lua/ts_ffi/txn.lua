@@ -4,7 +4,7 @@
 
 local ffi = require "ffi"
 local base = require "ts_ffi.base"
-local C, get_ctx, fail, no_args = base.C, base.get_ctx, base.fail, base.no_args
+local C, get_ctx, fail, no_args, fast = base.C, base.get_ctx, base.fail, base.no_args, base.fast
 local tonumber = tonumber
 
 ffi.cdef [[
@@ -17,22 +17,22 @@ local int = ffi.new("int[1]")
 
 local _M = {}
 
-function _M.id(...)
+_M.id = fast("txn_id", function(...)
   no_args("ts_ffi.txn.id", ...)
   local rc = C.ts_ffi_txn_id(get_ctx("ts_ffi.txn.id"), i64)
   if rc ~= 0 then
     return fail("ts_ffi.txn.id", rc, "TSHttpTxnIdGet")
   end
   return tonumber(i64[0])
-end
+end)
 
-function _M.client_fd(...)
+_M.client_fd = fast("txn_client_fd", function(...)
   no_args("ts_ffi.txn.client_fd", ...)
   local rc = C.ts_ffi_txn_client_fd(get_ctx("ts_ffi.txn.client_fd"), int)
   if rc ~= 0 then
     return fail("ts_ffi.txn.client_fd", rc, "TSHttpTxnClientFdGet", "client connection is gone")
   end
   return int[0]
-end
+end)
 
 return _M
