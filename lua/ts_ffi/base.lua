@@ -107,21 +107,30 @@ local interpreted = not require("jit").status()
 _M.interpreted = interpreted
 local BOX_KEY = native.box_key
 
+-- The slow path, once per transaction. Never compiled (jit.off below): a trace recorded
+-- through it would stitch at the C function `acquire`, and a loop trace reaching a get_ctx
+-- whose root trace stitches links to it instead of inlining get_ctx (measured: 2x per call).
+local function acquire_ctx(fname, env)
+  local ud, box = acquire()
+  if not ud then
+    raise(fname, box, nil, 4)
+  end
+  local rec = ffi_gc(ffi_cast(rec_ptr_t, ud), release)
+  rawset(env, REC_KEY, rec)
+  if interpreted then
+    rawset(env, BOX_KEY, box) -- for the C functions of the interpreted path
+  end
+  return rec
+end
+require("jit").off(acquire_ctx)
+
 function _M.get_ctx(fname)
   local env = getfenv(0)
   local rec = rawget(env, REC_KEY)
   if rec then
     return rec
   end
-  local ud, box = acquire()
-  if not ud then
-    raise(fname, box, nil, 3)
-  end
-  rec = ffi_gc(ffi_cast(rec_ptr_t, ud), release)
-  rawset(env, REC_KEY, rec)
-  if interpreted then
-    rawset(env, BOX_KEY, box) -- for the C functions of the interpreted path
-  end
+  rec = acquire_ctx(fname, env)
   return rec
 end
 
