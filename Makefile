@@ -8,11 +8,11 @@ DOUBLE    := build/ts_double.so
 BUSTED    := luajit /usr/bin/busted
 RUST_MIN  := 1.88
 APT_PKGS  := trafficserver trafficserver-dev luajit libluajit-5.1-dev luarocks lua-busted \
-             lua-socket libclang-dev clang pkg-config gcc curl
+             lua-socket libclang-dev clang pkg-config gcc curl wrk nginx-light
 LUA_SRC   := $(wildcard lua/ts_ffi/*.lua)
 RUST_SRC  := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
 
-.PHONY: deps rust-check build tree double unit integration cargo-test test demo clean panic-build
+.PHONY: deps rust-check build tree double unit integration cargo-test test demo clean panic-build bench soak
 
 # Debian packages: installed with apt-get when any is missing (needs root, as on CI).
 deps: build/.deps
@@ -71,6 +71,18 @@ test: cargo-test unit integration
 
 demo: tree
 	luajit examples/run_demo.lua
+
+# Benchmarks inside the sandboxed traffic_server (per call, JIT on/off) and end to end with wrk
+# and an nginx origin; writes BENCHMARKS.md. Not part of `make test`. BENCH_ARGS: see bench/run.lua.
+bench: tree
+	luajit bench/run.lua $(BENCH_ARGS)
+
+# Soak: 60 s of wrk through the proxy after a 15 s warm-up; zero non-2xx, zero socket errors,
+# ts_ffi agreeing with ts_lua, traffic_server RSS growth < 5%. (`make test` runs 10 s of it.)
+SOAK_SECONDS ?= 60
+soak: tree
+	TS_FFI_SOAK_SECONDS=$(SOAK_SECONDS) TS_FFI_SOAK_WARMUP=15 TS_FFI_SOAK_RSS=1 \
+	  $(BUSTED) --run=integration spec/integration/soak_spec.lua
 
 clean:
 	rm -rf build target

@@ -66,6 +66,7 @@ impl Code {
 
 /// Runs `f` for a flat `extern "C"` entry point: its `Err` becomes the code, and a panic is
 /// caught here so that it never unwinds into LuaJIT or traffic_server.
+#[inline(always)]
 pub fn guard(f: impl FnOnce() -> Result<(), Code>) -> c_int {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(Ok(())) => Code::Ok.as_int(),

@@ -514,8 +514,9 @@ impl Resumable {
     }
 }
 
-/// `native.ctx_acquire()` → light userdata record | `nil, code`. Never raises: errors are
-/// raised by the Lua wrapper, with the public function's name.
+/// `native.ctx_acquire()` → light userdata record (one reference, for the FFI cdata), box
+/// (its own reference, for the interpreted path: `fast.rs`) | `nil, code`. Raises nothing but
+/// memory errors: errors are raised by the Lua wrapper, with the public function's name.
 pub unsafe extern "C-unwind" fn lua_ctx_acquire(l: *mut lua::lua_State) -> c_int {
     let result = std::panic::catch_unwind(|| unsafe { acquire(l) })
         .unwrap_or(Err(Code::Internal));
@@ -523,7 +524,8 @@ pub unsafe extern "C-unwind" fn lua_ctx_acquire(l: *mut lua::lua_State) -> c_int
         match result {
             Ok(rec) => {
                 lua::lua_pushlightuserdata(l, rec as *mut c_void);
-                1
+                crate::fast::push_box(l, rec);
+                2
             }
             Err(code) => crate::push_reply(l, Err(code)),
         }

@@ -20,6 +20,7 @@ mod body;
 mod codes;
 mod ctx;
 mod dns;
+mod fast;
 mod info;
 mod ssn;
 mod sys;
@@ -111,6 +112,9 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("transform_add", unsafe { lua.create_c_function(body::lua_transform_add)? })?;
     m.set("max_min_chunk", body::MAX_MIN_CHUNK)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
+    // SAFETY: a plain lua_CFunction; raises only memory errors.
+    m.set("bind", unsafe { lua.create_c_function(fast::lua_bind)? })?;
+    m.set("box_key", fast::BOX_KEY.to_str().unwrap_or_default())?;
     info::register(lua, &m)?;
     m.set("ctx_watched", lua.create_function(|_, ()| Ok(ctx::watched()))?)?;
     m.set("last_missing", lua.create_function(|_, ()| Ok(api::last_missing()))?)?;

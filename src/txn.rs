@@ -5,6 +5,7 @@ use crate::addr;
 use crate::api::ts_fn;
 use crate::codes::{Code, guard};
 use crate::ctx::{CtxRec, txn_of};
+use crate::fast::{Val, fast_fn};
 use crate::sys::{TSHttpTxn, TSMLoc, TSReturnCode_TS_SUCCESS};
 use std::os::raw::{c_char, c_int, c_void};
 
@@ -15,14 +16,15 @@ pub(crate) fn put<T>(out: *mut T, value: T) -> Result<(), Code> {
 }
 
 /// TSHttpTxnIdGet.
+fn id(txn: TSHttpTxn) -> Result<i64, Code> {
+    Ok(unsafe { ts_fn!(TSHttpTxnIdGet)(txn) } as i64)
+}
+
 #[unsafe(no_mangle)]
 pub extern "C" fn ts_ffi_txn_id(rec: *const CtxRec, out: *mut i64) -> c_int {
-    guard(|| {
-        let txn = txn_of(rec)?;
-        let id = unsafe { ts_fn!(TSHttpTxnIdGet)(txn) };
-        put(out, id as i64)
-    })
+    guard(|| put(out, id(txn_of(rec)?)?))
 }
+fast_fn!(fast_id, |t| id(t).map(Val::from));
 
 /// `Declined` unless the transaction still has its client session. Several ATS calls
 /// (TSHttpSsnClientFdGet, TSHttpTxnOutgoingAddrSet) dereference it without checking.
@@ -32,19 +34,21 @@ pub(crate) fn require_client_session(txn: TSHttpTxn) -> Result<(), Code> {
 }
 
 /// TSHttpTxnClientFdGet; `Declined` once the client connection is gone.
+fn client_fd(txn: TSHttpTxn) -> Result<c_int, Code> {
+    require_client_session(txn)?;
+    let get = ts_fn!(TSHttpTxnClientFdGet);
+    let mut fd: c_int = -1;
+    if unsafe { get(txn, &mut fd) } != TSReturnCode_TS_SUCCESS || fd < 0 {
+        return Err(Code::Declined);
+    }
+    Ok(fd)
+}
+
 #[unsafe(no_mangle)]
 pub extern "C" fn ts_ffi_txn_client_fd(rec: *const CtxRec, out: *mut c_int) -> c_int {
-    guard(|| {
-        let txn = txn_of(rec)?;
-        require_client_session(txn)?;
-        let get = ts_fn!(TSHttpTxnClientFdGet);
-        let mut fd: c_int = -1;
-        if unsafe { get(txn, &mut fd) } != TSReturnCode_TS_SUCCESS || fd < 0 {
-            return Err(Code::Declined);
-        }
-        put(out, fd)
-    })
+    guard(|| put(out, client_fd(txn_of(rec)?)?))
 }
+fast_fn!(fast_client_fd, |t| client_fd(t).map(Val::from));
 
 /// The origin connection's fd, if there is one.
 fn server_fd(txn: TSHttpTxn) -> Result<Option<c_int>, Code> {
@@ -55,24 +59,28 @@ fn server_fd(txn: TSHttpTxn) -> Result<Option<c_int>, Code> {
 }
 
 /// TSHttpTxnServerFdGet; `Declined` when there is no origin connection.
-#[unsafe(no_mangle)]
-pub extern "C" fn ts_ffi_txn_server_fd(rec: *const CtxRec, out: *mut c_int) -> c_int {
-    guard(|| {
-        let fd = server_fd(txn_of(rec)?)?.ok_or(Code::Declined)?;
-        put(out, fd)
-    })
+fn server_fd_or_declined(txn: TSHttpTxn) -> Result<c_int, Code> {
+    server_fd(txn)?.ok_or(Code::Declined)
 }
 
+#[unsafe(no_mangle)]
+pub extern "C" fn ts_ffi_txn_server_fd(rec: *const CtxRec, out: *mut c_int) -> c_int {
+    guard(|| put(out, server_fd_or_declined(txn_of(rec)?)?))
+}
+fast_fn!(fast_server_fd, |t| server_fd_or_declined(t).map(Val::from));
+
 /// TSHttpTxnAborted, read the right way round: TS_SUCCESS means the transaction *was*
-/// aborted (by the client, or in 9.2 by the origin). Writes 1 or 0.
+/// aborted (by the client, or in 9.2 by the origin).
+fn is_aborted(txn: TSHttpTxn) -> Result<bool, Code> {
+    Ok(unsafe { ts_fn!(TSHttpTxnAborted)(txn) } == TSReturnCode_TS_SUCCESS)
+}
+
+/// Writes 1 or 0.
 #[unsafe(no_mangle)]
 pub extern "C" fn ts_ffi_txn_is_aborted(rec: *const CtxRec, out: *mut c_int) -> c_int {
-    guard(|| {
-        let txn = txn_of(rec)?;
-        let aborted = unsafe { ts_fn!(TSHttpTxnAborted)(txn) } == TSReturnCode_TS_SUCCESS;
-        put(out, c_int::from(aborted))
-    })
+    guard(|| put(out, c_int::from(is_aborted(txn_of(rec)?)?)))
 }
+fast_fn!(fast_is_aborted, |t| is_aborted(t).map(Val::from));
 
 /// TSHttpTxnNextHopAddrGet: the address text into `ip` (NUL-terminated, `ip_len` bytes
 /// available), the port and the family (4 or 6). `Declined` before a next hop is chosen.

@@ -103,18 +103,38 @@ local acquire = native.ctx_acquire
 local rec_ptr_t = ffi.typeof("const ts_ffi_ctx *")
 local release = C.ts_ffi_ctx_release
 
+-- Which path the hot calls take, chosen once when ts_ffi is loaded: JIT-compiled FFI wrappers
+-- when LuaJIT's JIT compiler is on, C functions (src/fast.rs) when it is off, where an
+-- interpreted FFI call is slower than a C function call. Turn the JIT off (jit.off(), or
+-- tslua.so's --jit=0) before the first require of a ts_ffi module for it to count.
+local interpreted = not require("jit").status()
+_M.interpreted = interpreted
+local BOX_KEY = native.box_key
+
+-- The slow path, once per transaction. Never compiled (jit.off below): a trace recorded
+-- through it would stitch at the C function `acquire`, and a loop trace reaching a get_ctx
+-- whose root trace stitches links to it instead of inlining get_ctx (measured: 2x per call).
+local function acquire_ctx(fname, env)
+  local ud, box = acquire()
+  if not ud then
+    raise(fname, box, nil, 4)
+  end
+  local rec = ffi_gc(ffi_cast(rec_ptr_t, ud), release)
+  rawset(env, REC_KEY, rec)
+  if interpreted then
+    rawset(env, BOX_KEY, box) -- for the C functions of the interpreted path
+  end
+  return rec
+end
+require("jit").off(acquire_ctx)
+
 function _M.get_ctx(fname)
   local env = getfenv(0)
   local rec = rawget(env, REC_KEY)
   if rec then
     return rec
   end
-  local ud, code = acquire()
-  if not ud then
-    raise(fname, code, nil, 3)
-  end
-  rec = ffi_gc(ffi_cast(rec_ptr_t, ud), release)
-  rawset(env, REC_KEY, rec)
+  rec = acquire_ctx(fname, env)
   return rec
 end
 
@@ -130,6 +150,17 @@ function _M.describe(v)
     return tostring(v)
   end
   return t
+end
+
+-- The public function for `impl` (a Lua/FFI wrapper): `impl` itself with the JIT on; with it
+-- off, a C closure that answers the common case itself and otherwise calls `impl` with the
+-- same arguments. `name` names the C function in src/fast.rs (`lookup`).
+local bind = native.bind
+function _M.fast(name, impl)
+  if interpreted then
+    return bind(name, impl) or impl
+  end
+  return impl
 end
 
 -- Raises unless the call had no arguments.

@@ -2,7 +2,7 @@
 
 local ffi = require "ffi"
 local base = require "ts_ffi.base"
-local C, get_ctx, fail, no_args = base.C, base.get_ctx, base.fail, base.no_args
+local C, get_ctx, fail, no_args, fast = base.C, base.get_ctx, base.fail, base.no_args, base.fast
 local tonumber = tonumber
 
 ffi.cdef [[
@@ -13,13 +13,13 @@ local i64 = ffi.new("int64_t[1]")
 
 local _M = {}
 
-function _M.id(...)
+_M.id = fast("ssn_id", function(...)
   no_args("ts_ffi.ssn.id", ...)
   local rc = C.ts_ffi_ssn_id(get_ctx("ts_ffi.ssn.id"), i64)
   if rc ~= 0 then
     return fail("ts_ffi.ssn.id", rc, "TSHttpSsnIdGet", "no client session")
   end
   return tonumber(i64[0])
-end
+end)
 
 return _M

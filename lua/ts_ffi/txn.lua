@@ -4,7 +4,8 @@
 
 local ffi = require "ffi"
 local base = require "ts_ffi.base"
-local C, get_ctx, fail, no_args, throw = base.C, base.get_ctx, base.fail, base.no_args, base.throw
+local C, get_ctx, fail, no_args, throw, fast = base.C, base.get_ctx, base.fail, base.no_args,
+  base.throw, base.fast
 local select, tonumber, type, ffi_string = select, tonumber, type, ffi.string
 
 ffi.cdef [[
@@ -27,41 +28,41 @@ local ipbuf = ffi.new("char[64]")
 
 local _M = {}
 
-function _M.id(...)
+_M.id = fast("txn_id", function(...)
   no_args("ts_ffi.txn.id", ...)
   local rc = C.ts_ffi_txn_id(get_ctx("ts_ffi.txn.id"), i64)
   if rc ~= 0 then
     return fail("ts_ffi.txn.id", rc, "TSHttpTxnIdGet")
   end
   return tonumber(i64[0])
-end
+end)
 
-function _M.client_fd(...)
+_M.client_fd = fast("txn_client_fd", function(...)
   no_args("ts_ffi.txn.client_fd", ...)
   local rc = C.ts_ffi_txn_client_fd(get_ctx("ts_ffi.txn.client_fd"), int)
   if rc ~= 0 then
     return fail("ts_ffi.txn.client_fd", rc, "TSHttpTxnClientFdGet", "client connection is gone")
   end
   return int[0]
-end
+end)
 
-function _M.server_fd(...)
+_M.server_fd = fast("txn_server_fd", function(...)
   no_args("ts_ffi.txn.server_fd", ...)
   local rc = C.ts_ffi_txn_server_fd(get_ctx("ts_ffi.txn.server_fd"), int)
   if rc ~= 0 then
     return fail("ts_ffi.txn.server_fd", rc, "TSHttpTxnServerFdGet", "no origin connection")
   end
   return int[0]
-end
+end)
 
-function _M.is_aborted(...)
+_M.is_aborted = fast("txn_is_aborted", function(...)
   no_args("ts_ffi.txn.is_aborted", ...)
   local rc = C.ts_ffi_txn_is_aborted(get_ctx("ts_ffi.txn.is_aborted"), int)
   if rc ~= 0 then
     return fail("ts_ffi.txn.is_aborted", rc, "TSHttpTxnAborted")
   end
   return int[0] == 1
-end
+end)
 
 function _M.next_hop_addr(...)
   no_args("ts_ffi.txn.next_hop_addr", ...)

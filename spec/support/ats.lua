@@ -9,6 +9,8 @@
 -- (spec/support/origin.lua). The Lua tree under test is given to traffic_server through
 -- LUA_PATH / LUA_CPATH (opts.tree, default build/tree; opts.lua_path = false leaves that to
 -- the scripts, which get TS_FFI_TREE). stop() always kills both processes.
+-- opts.origin_port: use an origin already listening on that loopback port (e.g. nginx from
+-- spec/support/load.lua) instead of starting spec/support/origin.lua.
 local socket = require "socket"
 
 local M = {}
@@ -74,7 +76,8 @@ Sandbox.__index = Sandbox
 function M.start(opts)
   opts = opts or {}
   local dir = io.popen("mktemp -d /tmp/ts_ffi_sandbox.XXXXXX"):read("*l")
-  local self = setmetatable({ dir = dir, port = free_port(), origin_port = free_port() }, Sandbox)
+  local self = setmetatable({ dir = dir, port = free_port(),
+    origin_port = opts.origin_port or free_port() }, Sandbox)
   local cfg = dir .. "/etc"
   assert(sh("mkdir -p " .. cfg .. " " .. dir .. "/log " .. dir .. "/run " .. dir .. "/cache "
     .. dir .. "/var && cp -r /etc/trafficserver/body_factory " .. cfg .. "/"))
@@ -140,7 +143,7 @@ function M.start(opts)
   end
   for k, v in pairs(opts.env or {}) do env = env .. k .. "='" .. v .. "' " end
 
-  if opts.origin ~= false then
+  if opts.origin ~= false and not opts.origin_port then
     assert(sh(string.format("cd %s && (exec luajit %s/spec/support/origin.lua %d) "
       .. "</dev/null >%s/origin.log 2>&1 & echo $! > %s/origin.pid",
       dir, ROOT, self.origin_port, dir, dir)))

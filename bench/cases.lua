@@ -1,0 +1,29 @@
+-- The hot functions `make bench` measures, one line each: name (module.function of ts_ffi;
+-- skipped while that function does not exist), then Lua statements run in the timed loop that
+-- set `last`: ts_ffi's call, ts_lua's built-in (false: none), and the same through raw LuaJIT
+-- FFI with the TSHttpTxn read once before the loop. `where`: the ts_lua context the loop runs
+-- in ("hook": a READ_RESPONSE_HDR ts.hook handler, the default; "remap": do_remap, where
+-- ts_lua answers the remap URLs). Locals the statements can use: txn, ssn (and any ts_ffi
+-- module by its short name), ts, C (ffi.C), txnp, bufp (client request), ibuf (int[1]),
+-- lbuf (TSMLoc[1]), sbuf (char[64]), tonumber, ffi_string, raw_next_hop.
+return {
+  { "txn.id", "last = txn.id()", "last = ts.http.id()",
+    "last = tonumber(C.TSHttpTxnIdGet(txnp))" },
+  { "txn.client_fd", "last = txn.client_fd()", "last = ts.http.get_client_fd()",
+    "C.TSHttpTxnClientFdGet(txnp, ibuf) last = ibuf[0]" },
+  { "ssn.id", "last = ssn.id()", "last = ts.http.ssn_id()",
+    "last = tonumber(C.TSHttpSsnIdGet(C.TSHttpTxnSsnGet(txnp)))" },
+  { "txn.server_fd", "last = txn.server_fd()", "last = ts.http.get_server_fd()",
+    "C.TSHttpTxnServerFdGet(txnp, ibuf) last = ibuf[0]" },
+  { "txn.is_aborted", "last = txn.is_aborted()", "last = ts.http.is_aborted()",
+    "last = C.TSHttpTxnAborted(txnp) == 0" },
+  { "txn.next_hop_addr", "last = txn.next_hop_addr()",
+    "last = ts.server_request.server_addr.get_nexthop_addr()",
+    "last = raw_next_hop(C.TSHttpTxnNextHopAddrGet(txnp))" },
+  { "txn.remap_from_url", "last = txn.remap_from_url()", "last = ts.remap.get_from_url()",
+    "C.TSRemapFromUrlGet(txnp, lbuf) local p = C.TSUrlStringGet(bufp, lbuf[0], ibuf) "
+      .. "last = ffi_string(p, ibuf[0]) C._TSfree(p)", where = "remap" },
+  { "txn.remap_to_url", "last = txn.remap_to_url()", "last = ts.remap.get_to_url()",
+    "C.TSRemapToUrlGet(txnp, lbuf) local p = C.TSUrlStringGet(bufp, lbuf[0], ibuf) "
+      .. "last = ffi_string(p, ibuf[0]) C._TSfree(p)", where = "remap" },
+}
