@@ -37,6 +37,7 @@ const TS_FUNCTIONS: &[&str] = &[
     "TSIOBufferWaterMarkSet",
     "_TSmalloc",
     "_TSfree",
+    "TSNote",
 ];
 
 fn main() {

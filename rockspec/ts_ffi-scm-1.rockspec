@@ -28,6 +28,8 @@ build = {
       ["ts_ffi.info"] = "lua/ts_ffi/info.lua",
       ["ts_ffi.txn"] = "lua/ts_ffi/txn.lua",
       ["ts_ffi.ssn"] = "lua/ts_ffi/ssn.lua",
+      ["ts_ffi.tcpinfo"] = "lua/ts_ffi/tcpinfo.lua",
+      ["ts_ffi.geoip"] = "lua/ts_ffi/geoip.lua",
     },
   },
 }

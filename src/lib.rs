@@ -14,6 +14,8 @@ mod info;
 mod ssn;
 mod sys;
 mod txn;
+mod tcpinfo;
+mod geoip;
 
 use codes::Code;
 use mlua::{IntoLuaMulti, Lua, MultiValue, Result as LuaResult, Table, Value};
@@ -61,5 +63,6 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("code_names", names)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
     info::register(lua, &m)?;
+    geoip::register(lua, &m)?;
     Ok(m)
 }

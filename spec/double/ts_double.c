@@ -48,6 +48,7 @@ typedef struct {
   uint64_t id;
   int client_fd; /* -1: the client connection is gone */
   fake_ssn *ssn; /* NULL: no session */
+  int server_fd; /* -1: no origin connection (the default) */
 } fake_txn;
 
 static char version[32] = "9.2.9";
@@ -72,6 +73,14 @@ int TSHttpTxnClientFdGet(void *txnp, int *fdp) {
   return 0;
 }
 
+int TSHttpTxnServerFdGet(void *txnp, int *fdp) {
+  fake_txn *t = txnp;
+  *fdp = -1;
+  if (t->server_fd < 0) return -1; /* TS_ERROR */
+  *fdp = t->server_fd;
+  return 0;
+}
+
 void *TSHttpTxnSsnGet(void *txnp) { return ((fake_txn *)txnp)->ssn; }
 int64_t TSHttpSsnIdGet(void *ssnp) { return ((fake_ssn *)ssnp)->id; }
 
@@ -87,7 +96,7 @@ static uint64_t next_txn_id = 1000;
 static fake_http_ctx *pool[64];
 static int pooled = 0;
 
-/* double.new_txn{ client_fd = n, ssn_id = n | false } -> thread, ctx (light userdata), id
+/* double.new_txn{ client_fd = n, ssn_id = n | false, server_fd = n } -> thread, ctx (light userdata), id
  * The thread's environment is a new table (with __index to the globals) holding
  * __ts_http_ctx, as ts_lua_create_http_ctx makes it. */
 static int d_new_txn(lua_State *L) {
@@ -96,11 +105,15 @@ static int d_new_txn(lua_State *L) {
   memset(ctx, 0, sizeof *ctx);
   txn->id = ++next_txn_id;
   txn->client_fd = 7;
+  txn->server_fd = -1;
   txn->ssn = calloc(1, sizeof *txn->ssn);
   txn->ssn->id = (int64_t)txn->id + 500000;
   if (lua_istable(L, 1)) {
     lua_getfield(L, 1, "client_fd");
     if (lua_isnumber(L, -1)) txn->client_fd = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "server_fd");
+    if (lua_isnumber(L, -1)) txn->server_fd = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
     lua_getfield(L, 1, "ssn_id");
     if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) { free(txn->ssn); txn->ssn = NULL; }
@@ -171,6 +184,13 @@ static int d_set_client_fd(lua_State *L) {
   return 0;
 }
 
+/* double.set_server_fd(ctx, fd) */
+static int d_set_server_fd(lua_State *L) {
+  fake_http_ctx *ctx = lua_touserdata(L, 1);
+  ((fake_txn *)ctx->txnp)->server_fd = (int)luaL_checkinteger(L, 2);
+  return 0;
+}
+
 /* double.run(thread, fn, ...) -> ok, results... | false, err
  * Runs fn in the transaction's coroutine, as ts_lua resumes a hook function. */
 static int d_run(lua_State *L) {
@@ -209,6 +229,7 @@ int luaopen_ts_double(lua_State *L) {
       {"chain_length", d_chain_length}, {"set_client_fd", d_set_client_fd},
       {"set_version", d_set_version}, {"setenv", d_setenv},
       {"run", d_run},
+      {"set_server_fd", d_set_server_fd},
       {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
