@@ -39,65 +39,77 @@ local errno_text = {
   [95] = "not a TCP connection (EOPNOTSUPP)",
 }
 
--- The fields the kernel filled (`n` bytes; newer kernels fill more), as Lua numbers.
--- Base fields (every Linux since 2.6): the table constructor; later ones as `n` allows.
-local function to_table(o, n)
-  local t = {
+-- The fields the kernel filled (`n` bytes; older kernels fill fewer), as Lua numbers.
+-- Every kernel fills up to total_retrans (Linux 2.6); later groups as `n` allows. The common
+-- case (Linux >= 5.4 fills all 232 bytes) is one table constructor.
+local function base_fields(o)
+  return {
     state = o.state, ca_state = o.ca_state, retransmits = o.retransmits, probes = o.probes,
     backoff = o.backoff, options = o.options, snd_wscale = o.snd_wscale,
-    rcv_wscale = o.rcv_wscale, rto = o.rto, ato = o.ato, snd_mss = o.snd_mss,
-    rcv_mss = o.rcv_mss, unacked = o.unacked, sacked = o.sacked, lost = o.lost,
-    retrans = o.retrans, fackets = o.fackets, last_data_sent = o.last_data_sent,
-    last_ack_sent = o.last_ack_sent, last_data_recv = o.last_data_recv,
-    last_ack_recv = o.last_ack_recv, pmtu = o.pmtu, rcv_ssthresh = o.rcv_ssthresh,
-    rtt = o.rtt, rttvar = o.rttvar, snd_ssthresh = o.snd_ssthresh, snd_cwnd = o.snd_cwnd,
-    advmss = o.advmss, reordering = o.reordering, rcv_rtt = o.rcv_rtt,
-    rcv_space = o.rcv_space, total_retrans = o.total_retrans,
-    delivery_rate_app_limited = false, fastopen_client_fail = false,
-    pacing_rate = false, max_pacing_rate = false, bytes_acked = false,
-    bytes_received = false, segs_out = false, segs_in = false, notsent_bytes = false,
-    min_rtt = false, data_segs_in = false, data_segs_out = false, delivery_rate = false,
-    busy_time = false, rwnd_limited = false, sndbuf_limited = false, delivered = false,
-    delivered_ce = false, bytes_sent = false, bytes_retrans = false, dsack_dups = false,
-    reord_seen = false, rcv_ooopack = false, snd_wnd = false,
+    rcv_wscale = o.rcv_wscale, delivery_rate_app_limited = o.delivery_rate_app_limited,
+    fastopen_client_fail = o.fastopen_client_fail, rto = o.rto, ato = o.ato,
+    snd_mss = o.snd_mss, rcv_mss = o.rcv_mss, unacked = o.unacked, sacked = o.sacked,
+    lost = o.lost, retrans = o.retrans, fackets = o.fackets,
+    last_data_sent = o.last_data_sent, last_ack_sent = o.last_ack_sent,
+    last_data_recv = o.last_data_recv, last_ack_recv = o.last_ack_recv, pmtu = o.pmtu,
+    rcv_ssthresh = o.rcv_ssthresh, rtt = o.rtt, rttvar = o.rttvar,
+    snd_ssthresh = o.snd_ssthresh, snd_cwnd = o.snd_cwnd, advmss = o.advmss,
+    reordering = o.reordering, rcv_rtt = o.rcv_rtt, rcv_space = o.rcv_space,
+    total_retrans = o.total_retrans,
   }
-  -- (false above only pre-sizes the hash part; every such key is set or removed below)
-  t.delivery_rate_app_limited = o.delivery_rate_app_limited
-  t.fastopen_client_fail = o.fastopen_client_fail
-  if n >= 144 then -- Linux 4.1-4.2
+end
+
+local function to_table(o, n)
+  if n >= 232 then -- Linux 5.4 and later
+    return {
+      state = o.state, ca_state = o.ca_state, retransmits = o.retransmits, probes = o.probes,
+      backoff = o.backoff, options = o.options, snd_wscale = o.snd_wscale,
+      rcv_wscale = o.rcv_wscale, delivery_rate_app_limited = o.delivery_rate_app_limited,
+      fastopen_client_fail = o.fastopen_client_fail, rto = o.rto, ato = o.ato,
+      snd_mss = o.snd_mss, rcv_mss = o.rcv_mss, unacked = o.unacked, sacked = o.sacked,
+      lost = o.lost, retrans = o.retrans, fackets = o.fackets,
+      last_data_sent = o.last_data_sent, last_ack_sent = o.last_ack_sent,
+      last_data_recv = o.last_data_recv, last_ack_recv = o.last_ack_recv, pmtu = o.pmtu,
+      rcv_ssthresh = o.rcv_ssthresh, rtt = o.rtt, rttvar = o.rttvar,
+      snd_ssthresh = o.snd_ssthresh, snd_cwnd = o.snd_cwnd, advmss = o.advmss,
+      reordering = o.reordering, rcv_rtt = o.rcv_rtt, rcv_space = o.rcv_space,
+      total_retrans = o.total_retrans,
+      pacing_rate = tonumber(o.pacing_rate), max_pacing_rate = tonumber(o.max_pacing_rate),
+      bytes_acked = tonumber(o.bytes_acked), bytes_received = tonumber(o.bytes_received),
+      segs_out = o.segs_out, segs_in = o.segs_in, notsent_bytes = o.notsent_bytes,
+      min_rtt = o.min_rtt, data_segs_in = o.data_segs_in, data_segs_out = o.data_segs_out,
+      delivery_rate = tonumber(o.delivery_rate), busy_time = tonumber(o.busy_time),
+      rwnd_limited = tonumber(o.rwnd_limited), sndbuf_limited = tonumber(o.sndbuf_limited),
+      delivered = o.delivered, delivered_ce = o.delivered_ce,
+      bytes_sent = tonumber(o.bytes_sent), bytes_retrans = tonumber(o.bytes_retrans),
+      dsack_dups = o.dsack_dups, reord_seen = o.reord_seen, rcv_ooopack = o.rcv_ooopack,
+      snd_wnd = o.snd_wnd,
+    }
+  end
+  local t = base_fields(o)
+  if n >= 144 then -- Linux 4.2
     t.pacing_rate, t.max_pacing_rate = tonumber(o.pacing_rate), tonumber(o.max_pacing_rate)
     t.bytes_acked, t.bytes_received = tonumber(o.bytes_acked), tonumber(o.bytes_received)
     t.segs_out, t.segs_in = o.segs_out, o.segs_in
-  else
-    t.pacing_rate, t.max_pacing_rate, t.bytes_acked, t.bytes_received = nil, nil, nil, nil
-    t.segs_out, t.segs_in = nil, nil
   end
   if n >= 160 then -- Linux 4.6
     t.notsent_bytes, t.min_rtt = o.notsent_bytes, o.min_rtt
     t.data_segs_in, t.data_segs_out = o.data_segs_in, o.data_segs_out
-  else
-    t.notsent_bytes, t.min_rtt, t.data_segs_in, t.data_segs_out = nil, nil, nil, nil
   end
-  if n >= 200 then -- Linux 4.9-4.19
+  if n >= 200 then -- Linux 4.18
     t.delivery_rate = tonumber(o.delivery_rate)
     t.busy_time, t.rwnd_limited = tonumber(o.busy_time), tonumber(o.rwnd_limited)
     t.sndbuf_limited = tonumber(o.sndbuf_limited)
     t.delivered, t.delivered_ce = o.delivered, o.delivered_ce
-  else
-    t.delivery_rate, t.busy_time, t.rwnd_limited, t.sndbuf_limited = nil, nil, nil, nil
-    t.delivered, t.delivered_ce = nil, nil
   end
-  if n >= 232 then -- Linux 5.4
+  if n >= 216 then -- Linux 4.19
     t.bytes_sent, t.bytes_retrans = tonumber(o.bytes_sent), tonumber(o.bytes_retrans)
+  end
+  if n >= 224 then -- Linux 5.3
     t.dsack_dups, t.reord_seen = o.dsack_dups, o.reord_seen
-    t.rcv_ooopack, t.snd_wnd = o.rcv_ooopack, o.snd_wnd
-  else
-    t.bytes_sent, t.bytes_retrans, t.dsack_dups, t.reord_seen = nil, nil, nil, nil
-    t.rcv_ooopack, t.snd_wnd = nil, nil
   end
   return t
 end
-
 local function query(fname, which, tsfn, none)
   local rc = get(get_ctx(fname), which, out, len)
   if rc == 0 then
