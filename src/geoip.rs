@@ -907,4 +907,52 @@ mod tests {
         let (buf, _, _) = read_file(Path::new(p)).unwrap();
         assert!(validate_legacy_country(&buf[..buf.len() / 2], 256).is_err());
     }
+
+    #[test]
+    fn concurrent_opens_load_once_and_lookups_agree() {
+        let p = "/usr/share/GeoIP/GeoIPv6.dat";
+        if !Path::new(p).exists() {
+            return;
+        }
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let db = open(p).unwrap();
+                    let h = Handle::new(Arc::clone(&db));
+                    let mut out = [0u8; 8];
+                    for _ in 0..20_000 {
+                        let ip: &[u8] = b"2001:4860:4860::8888";
+                        let mut len = 0usize;
+                        let rc = ts_ffi_geoip_country(&*h, ip.as_ptr(), ip.len(), out.as_mut_ptr(), out.len(), &mut len);
+                        assert_eq!(rc, 0);
+                        assert_eq!(&out[..len], b"US");
+                    }
+                    db.load_id
+                })
+            })
+            .collect();
+        let ids: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(ids.iter().all(|&i| i == ids[0]), "{ids:?}");
+    }
+
+    #[test]
+    fn flat_country_codes() {
+        let p = "/usr/share/GeoIP/GeoIP.dat";
+        if !Path::new(p).exists() {
+            return;
+        }
+        let h = Handle::new(open(p).unwrap());
+        let mut out = [0u8; 8];
+        let mut len = 0usize;
+        let call = |ip: &[u8], out: &mut [u8; 8], len: &mut usize| {
+            ts_ffi_geoip_country(&*h, ip.as_ptr(), ip.len(), out.as_mut_ptr(), out.len(), len)
+        };
+        assert_eq!(call(b"8.8.8.8", &mut out, &mut len), Code::Ok.as_int());
+        assert_eq!(call(b"127.0.0.1", &mut out, &mut len), Code::Declined.as_int());
+        assert_eq!(call(b"nope", &mut out, &mut len), Code::BadArg.as_int());
+        assert_eq!(ts_ffi_geoip_country(std::ptr::null(), b"x".as_ptr(), 1, out.as_mut_ptr(), 8, &mut len), Code::BadArg.as_int());
+        assert!(h.close());
+        assert_eq!(call(b"8.8.8.8", &mut out, &mut len), Code::Gone.as_int());
+        assert!(!h.close());
+    }
 }
