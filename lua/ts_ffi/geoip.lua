@@ -7,7 +7,7 @@ local ffi = require "ffi"
 local base = require "ts_ffi.base"
 local native, C, throw, codes = base.native, base.C, base.throw, base.codes
 
-local type, select, setmetatable, getmetatable, tostring = type, select, setmetatable, getmetatable, tostring
+local type, select, setmetatable, tostring = type, select, setmetatable, tostring
 local ffi_string, ffi_cast = ffi.string, ffi.cast
 
 ffi.cdef [[
@@ -29,17 +29,26 @@ local native_close, native_info = native.geoip_close, native.geoip_info
 local DB = {}
 local mt = { __index = DB, __metatable = "ts_ffi.geoip db" }
 
+-- Each db object's native parts, out of the script's reach: the userdata `ud` owns the handle
+-- that the pointer `h` (for the flat calls) points to; both live as long as the db object.
+local parts = setmetatable({}, { __mode = "k" })
+
 local function quote(ip)
   local s = tostring(ip)
   if #s > 60 then s = s:sub(1, 60) .. "..." end
   return "'" .. s .. "'"
 end
 
--- Raises unless `self` is a db and `ip` a string (a programming error).
+local function not_a_db(fname, level)
+  throw(fname, "call it as db:" .. fname:match("[^.]+$") .. "(...) on a database from "
+    .. "ts_ffi.geoip.open", level + 1)
+end
+
+-- The db's native parts; raises unless `self` is a db and `ip` a string (programming errors).
 local function check(fname, self, ip, nargs)
-  if getmetatable(self) ~= "ts_ffi.geoip db" then
-    throw(fname, "call it as db:" .. fname:match("[^.]+$") .. "(...) on a database from "
-      .. "ts_ffi.geoip.open", 2)
+  local p = parts[self]
+  if not p then
+    not_a_db(fname, 2)
   end
   if nargs ~= 1 then
     throw(fname, "takes one argument, the address (got " .. nargs .. ")", 2)
@@ -47,6 +56,7 @@ local function check(fname, self, ip, nargs)
   if type(ip) ~= "string" then
     throw(fname, "the address must be a string (got " .. type(ip) .. ")", 2)
   end
+  return p
 end
 
 local function closed(fname)
@@ -67,14 +77,15 @@ function _M.open(...)
   if not ud then
     return nil, addr
   end
-  -- `ud` owns the handle that `h` points to; both live exactly as long as this table.
-  return setmetatable({ ud = ud, h = ffi_cast(handle_t, addr) }, mt)
+  local db = setmetatable({}, mt)
+  parts[db] = { ud = ud, h = ffi_cast(handle_t, addr) }
+  return db
 end
 
 function DB.country(self, ...)
   local ip = ...
-  check("ts_ffi.geoip.country", self, ip, select("#", ...))
-  local rc = country_c(self.h, ip, #ip, buf, CAP, lenp)
+  local p = check("ts_ffi.geoip.country", self, ip, select("#", ...))
+  local rc = country_c(p.h, ip, #ip, buf, CAP, lenp)
   if rc == OK then
     return ffi_string(buf, lenp[0])
   elseif rc == DECLINED then
@@ -89,8 +100,8 @@ end
 
 function DB.lookup(self, ...)
   local ip = ...
-  check("ts_ffi.geoip.lookup", self, ip, select("#", ...))
-  local rec, err = native_lookup(self.ud, ip)
+  local p = check("ts_ffi.geoip.lookup", self, ip, select("#", ...))
+  local rec, err = native_lookup(p.ud, ip)
   if rec ~= nil or err == nil then
     return rec
   elseif err == "bad_address" then
@@ -102,10 +113,11 @@ function DB.lookup(self, ...)
 end
 
 function DB.info(self, ...)
-  if getmetatable(self) ~= "ts_ffi.geoip db" or select("#", ...) ~= 0 then
+  local p = parts[self]
+  if not p or select("#", ...) ~= 0 then
     throw("ts_ffi.geoip.info", "call it as db:info() (no arguments)", 1)
   end
-  local t, err = native_info(self.ud)
+  local t, err = native_info(p.ud)
   if not t then
     if err == "closed" then closed("ts_ffi.geoip.info") end
     throw("ts_ffi.geoip.info", "internal error (" .. tostring(err) .. ")", 1)
@@ -114,14 +126,15 @@ function DB.info(self, ...)
 end
 
 function DB.close(self, ...)
-  if getmetatable(self) ~= "ts_ffi.geoip db" or select("#", ...) ~= 0 then
+  local p = parts[self]
+  if not p or select("#", ...) ~= 0 then
     throw("ts_ffi.geoip.close", "call it as db:close() (no arguments)", 1)
   end
-  return native_close(self.ud)
+  return native_close(p.ud)
 end
 
 mt.__tostring = function(self)
-  local t = native_info(self.ud)
+  local t = native_info(parts[self].ud)
   return "ts_ffi.geoip db: " .. (t and (t.path .. " (" .. t.kind .. ")") or "closed")
 end
 

@@ -225,6 +225,18 @@ describe("ts_ffi.geoip lookups", function()
   end)
 end)
 
+describe("ts_ffi.geoip db objects", function()
+  it("keep their native parts out of the script's reach", function()
+    local db = assert(geoip.open(path("country.mmdb")))
+    db.h, db.ud = 1, "x"
+    assert.equal("GB", db:country("81.2.69.142"))
+    assert.equal("GB", db:lookup("81.2.69.142").country.iso_code)
+    assert.equal("ts_ffi.geoip db", getmetatable(db))
+    local fake = setmetatable({}, { __index = getmetatable(geoip.open(path("country.mmdb"))) })
+    assert.matches("call it as db:country", err_of(function() return geoip.open(path("country.mmdb")).country(fake, "1.2.3.4") end))
+  end)
+end)
+
 describe("ts_ffi.geoip sharing", function()
   it("loads a file once per process and shares it", function()
     local a = assert(geoip.open(path("country.mmdb")))

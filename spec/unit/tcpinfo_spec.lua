@@ -117,6 +117,46 @@ describe("ts_ffi.tcpinfo", function()
     end)
   end)
 
+  describe("on older kernels", function()
+    -- The table builder (an upvalue of the module's query function), given fewer bytes, as
+    -- older kernels fill: the fields they lack are absent.
+    local function upvalue(f, name)
+      for i = 1, 50 do
+        local n, v = debug.getupvalue(f, i)
+        if n == name then return v end
+        if not n then break end
+      end
+    end
+    local to_table = upvalue(upvalue(tcpinfo.client, "query"), "to_table")
+    local o = ffi.new("struct ts_ffi_tcp_info", { state = 1, rtt = 7, total_retrans = 2,
+      pacing_rate = 9, segs_out = 3, min_rtt = 4, data_segs_out = 5, delivery_rate = 6,
+      delivered = 8, bytes_sent = 10, dsack_dups = 11, snd_wnd = 12 })
+
+    for _, case in ipairs {
+      { 104, "total_retrans", "pacing_rate" }, { 144, "segs_out", "min_rtt" },
+      { 160, "data_segs_out", "delivery_rate" }, { 200, "delivered", "bytes_sent" },
+      { 216, "bytes_sent", "dsack_dups" }, { 224, "dsack_dups", "snd_wnd" },
+    } do
+      it("fills " .. case[1] .. " bytes: " .. case[2] .. " but no " .. case[3], function()
+        local t = to_table(o, case[1])
+        assert.equal(1, t.state)
+        assert.equal(7, t.rtt)
+        assert.equal("number", type(t[case[2]]))
+        assert.is_nil(t[case[3]])
+        assert.is_nil(t.snd_wnd)
+      end)
+    end
+
+    it("fills everything from 232 bytes on", function()
+      local t = to_table(o, 232)
+      assert.equal(12, t.snd_wnd)
+      assert.equal(9, t.pacing_rate)
+      local n = 0
+      for _ in pairs(t) do n = n + 1 end
+      assert.equal(#FIELDS, n)
+    end)
+  end)
+
   describe("server()", function()
     it("is the tcp_info of the origin connection's socket", function()
       local thread = double.new_txn { client_fd = c:getfd(), server_fd = a:getfd() }
