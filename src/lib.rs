@@ -5,7 +5,8 @@
 //! - `api`: the TS* functions, resolved from the running process.
 //! - `ctx`: ts_lua's transaction context, checked on every use (the only unsafe layouts).
 //! - `codes`: return codes of the flat functions and the panic guard.
-//! - one file per ATS area (`info`, `txn`, `ssn`), mirrored by `lua/ts_ffi/<area>.lua`.
+//! - one file per ATS area (`info`, `txn`, `ssn`, `tcpinfo`, `geoip`), mirrored by
+//!   `lua/ts_ffi/<area>.lua`.
 
 mod api;
 mod codes;
