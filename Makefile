@@ -8,7 +8,8 @@ DOUBLE    := build/ts_double.so
 BUSTED    := luajit /usr/bin/busted
 RUST_MIN  := 1.88
 APT_PKGS  := trafficserver trafficserver-dev luajit libluajit-5.1-dev luarocks lua-busted \
-             lua-socket libclang-dev clang pkg-config gcc curl wrk nginx-light
+             lua-socket libclang-dev clang pkg-config gcc curl wrk nginx-light \
+             geoip-database libgeoip1
 LUA_SRC   := $(wildcard lua/ts_ffi/*.lua)
 RUST_SRC  := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
 

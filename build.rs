@@ -85,6 +85,7 @@ const TS_FUNCTIONS: &[&str] = &[
     "TSActionDone",
     "TSHostLookup",
     "TSHostLookupResultAddrGet",
+    "TSNote",
 ];
 
 fn main() {

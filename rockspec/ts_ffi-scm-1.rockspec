@@ -30,6 +30,8 @@ build = {
       ["ts_ffi.ssn"] = "lua/ts_ffi/ssn.lua",
       ["ts_ffi.transform"] = "lua/ts_ffi/transform.lua",
       ["ts_ffi.dns"] = "lua/ts_ffi/dns.lua",
+      ["ts_ffi.tcpinfo"] = "lua/ts_ffi/tcpinfo.lua",
+      ["ts_ffi.geoip"] = "lua/ts_ffi/geoip.lua",
     },
   },
 }

@@ -6,8 +6,8 @@
 //! - `ctx`: ts_lua's transaction context, checked on every use (the only unsafe layouts).
 //! - `codes`: return codes of the flat functions and the panic guard.
 //! - `addr`: socket addresses between text and `sockaddr`.
-//! - one file per ATS area (`info`, `txn`, `ssn`, `dns`, `transform` with `body`, ts_ffi's
-//!   own transform engine), mirrored by `lua/ts_ffi/<area>.lua`.
+//! - one file per ATS area (`info`, `txn`, `ssn`, `dns`, `tcpinfo`, `geoip`, `transform`
+//!   with `body`, ts_ffi's own transform engine), mirrored by `lua/ts_ffi/<area>.lua`.
 
 // Every entry point catches panics (codes::guard, native_fn, mlua's callbacks); with
 // panic=abort they would take traffic_server down instead.
@@ -28,6 +28,8 @@ mod transform;
 mod txn;
 #[cfg(feature = "panic-test")]
 mod panic_test;
+mod tcpinfo;
+mod geoip;
 
 use codes::Code;
 use mlua::{IntoLuaMulti, Lua, MultiValue, Result as LuaResult, Table, Value};
@@ -122,5 +124,6 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     panic_test::register(lua, &m)?;
     // SAFETY: a plain lua_CFunction that never raises.
     m.set("dns_lookup", unsafe { lua.create_c_function(dns::lua_dns_lookup)? })?;
+    geoip::register(lua, &m)?;
     Ok(m)
 }

@@ -113,16 +113,17 @@ int TSHttpTxnClientFdGet(void *txnp, int *fdp) {
   return 0;
 }
 
-void *TSHttpTxnSsnGet(void *txnp) { return ((fake_txn *)txnp)->ssn; }
-int64_t TSHttpSsnIdGet(void *ssnp) { return ((fake_ssn *)ssnp)->id; }
-
 int TSHttpTxnServerFdGet(void *txnp, int *fdp) {
   fake_txn *t = txnp;
   *fdp = -1;
-  if (t->server_fd < 0) return -1;
+  if (t->server_fd < 0) return -1; /* TS_ERROR */
   *fdp = t->server_fd;
   return 0;
 }
+
+void *TSHttpTxnSsnGet(void *txnp) { return ((fake_txn *)txnp)->ssn; }
+int64_t TSHttpSsnIdGet(void *ssnp) { return ((fake_ssn *)ssnp)->id; }
+
 
 int TSHttpTxnAborted(void *txnp) { return ((fake_txn *)txnp)->aborted ? 0 : -1; }
 
@@ -369,7 +370,7 @@ static uint64_t next_txn_id = 1000;
 static fake_http_ctx *pool[64];
 static int pooled = 0;
 
-/* double.new_txn{ client_fd = n, ssn_id = n | false } -> thread, ctx (light userdata), id
+/* double.new_txn{ client_fd = n, ssn_id = n | false, server_fd = n } -> thread, ctx (light userdata), id
  * The thread's environment is a new table (with __index to the globals) holding
  * __ts_http_ctx, as ts_lua_create_http_ctx makes it. */
 static int d_new_txn(lua_State *L) {
@@ -384,6 +385,9 @@ static int d_new_txn(lua_State *L) {
   if (lua_istable(L, 1)) {
     lua_getfield(L, 1, "client_fd");
     if (lua_isnumber(L, -1)) txn->client_fd = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "server_fd");
+    if (lua_isnumber(L, -1)) txn->server_fd = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
     lua_getfield(L, 1, "ssn_id");
     if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) { free(txn->ssn); txn->ssn = NULL; }
@@ -454,6 +458,13 @@ static int d_chain_length(lua_State *L) {
 static int d_set_client_fd(lua_State *L) {
   fake_http_ctx *ctx = lua_touserdata(L, 1);
   ((fake_txn *)ctx->txnp)->client_fd = (int)luaL_checkinteger(L, 2);
+  return 0;
+}
+
+/* double.set_server_fd(ctx, fd) */
+static int d_set_server_fd(lua_State *L) {
+  fake_http_ctx *ctx = lua_touserdata(L, 1);
+  ((fake_txn *)ctx->txnp)->server_fd = (int)luaL_checkinteger(L, 2);
   return 0;
 }
 
@@ -639,6 +650,7 @@ int luaopen_ts_double(lua_State *L) {
       {"transform_state", d_transform_state}, {"hooks", d_hooks},
       {"call", d_call}, {"dns_mode", d_dns_mode}, {"dns_answer", d_dns_answer},
       {"dns_stats", d_dns_stats},
+      {"set_server_fd", d_set_server_fd},
       {NULL, NULL}};
   lua_newtable(L);
   luaL_register(L, NULL, fns);
