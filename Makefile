@@ -8,8 +8,9 @@ DOUBLE    := build/ts_double.so
 BUSTED    := luajit /usr/bin/busted
 RUST_MIN  := 1.88
 APT_PKGS  := trafficserver trafficserver-dev luajit libluajit-5.1-dev luarocks lua-busted \
-             lua-socket libclang-dev clang pkg-config gcc curl
-LUA_SRC   := $(wildcard lua/ts_ffi/*.lua)
+             lua-socket libclang-dev clang pkg-config gcc curl \
+             libmodsecurity3 libmodsecurity-dev modsecurity-crs
+LUA_SRC   := $(wildcard lua/ts_ffi/*.lua) conf/modsecurity.conf
 RUST_SRC  := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
 
 .PHONY: deps rust-check build tree double unit integration cargo-test test demo clean

@@ -29,6 +29,9 @@ build = {
       ["ts_ffi.txn"] = "lua/ts_ffi/txn.lua",
       ["ts_ffi.ssn"] = "lua/ts_ffi/ssn.lua",
       ["ts_ffi.transform"] = "lua/ts_ffi/transform.lua",
+      ["ts_ffi.waf"] = "lua/ts_ffi/waf.lua",
+      -- Not a module: the WAF's base configuration, installed as ts_ffi/modsecurity.conf.
+      ["ts_ffi.modsecurity_conf"] = "conf/modsecurity.conf",
     },
   },
 }

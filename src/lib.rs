@@ -17,6 +17,8 @@ mod ssn;
 mod sys;
 mod transform;
 mod txn;
+mod msc;
+mod waf;
 
 use codes::Code;
 use mlua::{IntoLuaMulti, Lua, MultiValue, Result as LuaResult, Table, Value};
@@ -89,5 +91,6 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("max_min_chunk", body::MAX_MIN_CHUNK)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
     info::register(lua, &m)?;
+    waf::register(lua, &m)?;
     Ok(m)
 }
