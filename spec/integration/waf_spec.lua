@@ -16,12 +16,15 @@ end
 
 -- Waits (bounded) for `pattern` in the sandbox's log `name`.
 local function log_has(sb, name, pattern)
-  for _ = 1, 60 do
+  for _ = 1, 150 do
     if sb:log(name):find(pattern) then return true end
     os.execute("sleep 0.1")
   end
   return false
 end
+
+-- ATS flushes text logs every 5 s by default; 1 s keeps the log checks short.
+local FAST_LOG = { "CONFIG proxy.config.log.max_secs_per_buffer INT 1" }
 
 local BROWSER = "-H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Firefox/115.0'"
   .. " -H 'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8'"
@@ -33,6 +36,7 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
   setup(function()
     sb = ats.start {
       remap = { ["waf.test"] = S .. "waf.lua", ["plain.test"] = {} },
+      records = FAST_LOG,
       start_timeout = 30,
     }
   end)
@@ -181,6 +185,7 @@ describe("ts_ffi.waf fail policy (engine failure injected with TS_FFI_WAF_FAULT=
     sb = ats.start {
       remap = { ["closed.test"] = S .. "waf.lua", ["open.test"] = { S .. "waf.lua", "open" } },
       env = { TS_FFI_WAF_FAULT = "engine" },
+      records = FAST_LOG,
       start_timeout = 30,
     }
   end)
