@@ -842,6 +842,10 @@ pub fn register(lua: &Lua, m: &Table) -> LuaResult<()> {
             Err(e) => (Value::Nil, e).into_lua_multi_ok(lua),
         })?,
     )?;
+    m.set(
+        "waf_live_engines",
+        lua.create_function(|_, ()| Ok(lock(&REGISTRY).iter().filter(|(_, w)| w.strong_count() > 0).count()))?,
+    )?;
     m.set("waf_flag_fail_open", FLAG_FAIL_OPEN)?;
     m.set("waf_flag_no_response", FLAG_NO_RESPONSE)?;
     Ok(())

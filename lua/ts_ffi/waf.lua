@@ -116,10 +116,16 @@ function Engine:protect(opts, ...)
     if rc == base.codes.declined then
       return nil, "the request cannot be read (or libmodsecurity is not available)"
     end
-    return base.fail(fname, rc, "TSHttpTxnHookAdd")
+    return base.fail(fname, rc, "a TS* function ts_ffi.waf needs")
   end
   rawset(env, KEY, true)
   return true
+end
+
+-- How many engines (rule sets) are alive in this process: held by a Lua VM or by a
+-- transaction still being inspected.
+function _M.live_engines()
+  return native.waf_live_engines()
 end
 
 -- libmodsecurity's name and version, or nil, err when it cannot be opened.

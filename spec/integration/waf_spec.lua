@@ -121,6 +121,10 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
     assert.equal(200, get("/", "-H 'X-Waf-Test: coffee'").status)
   end)
 
+  it("drop is answered like deny (403)", function()
+    assert.equal(403, get("/?drop=me").status)
+  end)
+
   it("redirect sends the client elsewhere with Location", function()
     local res = get("/?go=away")
     assert.equal(302, res.status, res.body)
