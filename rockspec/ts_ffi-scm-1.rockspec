@@ -32,6 +32,9 @@ build = {
       ["ts_ffi.dns"] = "lua/ts_ffi/dns.lua",
       ["ts_ffi.tcpinfo"] = "lua/ts_ffi/tcpinfo.lua",
       ["ts_ffi.geoip"] = "lua/ts_ffi/geoip.lua",
+      ["ts_ffi.waf"] = "lua/ts_ffi/waf.lua",
+      -- Not a module: the WAF's base configuration, installed as ts_ffi/modsecurity.conf.
+      ["ts_ffi.modsecurity_conf"] = "conf/modsecurity.conf",
     },
   },
 }

@@ -30,6 +30,8 @@ mod txn;
 mod panic_test;
 mod tcpinfo;
 mod geoip;
+mod msc;
+mod waf;
 
 use codes::Code;
 use mlua::{IntoLuaMulti, Lua, MultiValue, Result as LuaResult, Table, Value};
@@ -125,5 +127,6 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     // SAFETY: a plain lua_CFunction that never raises.
     m.set("dns_lookup", unsafe { lua.create_c_function(dns::lua_dns_lookup)? })?;
     geoip::register(lua, &m)?;
+    waf::register(lua, &m)?;
     Ok(m)
 }

@@ -39,6 +39,8 @@ M.VALID = {
   ["ts_ffi.dns.lookup"] = { pack("127.0.0.1") },
   -- Debian's geoip-database (the Makefile installs it)
   ["ts_ffi.geoip.open"] = { pack("/usr/share/GeoIP/GeoIP.dat") },
+  -- an engine with one harmless rule (no CRS: it loads in microseconds)
+  ["ts_ffi.waf.new"] = { pack({ rules = 'SecRuleEngine On\nSecRule ARGS:hostile "@streq x" "id:1,deny"' }) },
 }
 
 -- Hostile values that are valid arguments for a function (a handler function registers a
@@ -65,7 +67,7 @@ M.VARIES = {
 }
 
 -- Functions that answer a new object on each call: compared by type, not identity.
-M.FRESH = { ["ts_ffi.geoip.open"] = true, ["ts_ffi.geoip.loaded"] = true,
+M.FRESH = { ["ts_ffi.geoip.open"] = true, ["ts_ffi.geoip.loaded"] = true, ["ts_ffi.waf.new"] = true,
             ["ts_ffi.tcpinfo.client"] = true, ["ts_ffi.tcpinfo.server"] = true }
 
 -- Functions valid only in one kind of context, named by a flag the caller passes in opts

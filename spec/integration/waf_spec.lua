@@ -1,0 +1,227 @@
+-- ts_ffi.waf inside a real traffic_server with Debian's OWASP CRS (modsecurity-crs 3.3.4):
+-- attacks in the query and headers are denied, a clean corpus passes, the talk's custom rule
+-- works, redirects and response-phase denials, rule messages in the audit log, the fail
+-- policy, concurrency, and protect() from a global hook.
+local ats = require "support.ats"
+
+local S = ats.root .. "/spec/integration/scripts/"
+
+local function read(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Waits (bounded) for `pattern` in the sandbox's log `name`.
+local function log_has(sb, name, pattern)
+  for _ = 1, 150 do
+    if sb:log(name):find(pattern) then return true end
+    os.execute("sleep 0.1")
+  end
+  return false
+end
+
+-- ATS flushes text logs every 5 s by default; 1 s keeps the log checks short.
+local FAST_LOG = { "CONFIG proxy.config.log.max_secs_per_buffer INT 1" }
+
+local BROWSER = "-H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Firefox/115.0'"
+  .. " -H 'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8'"
+  .. " -H 'Accept-Language: en-US,en;q=0.5' -H 'Accept-Encoding: gzip, deflate'"
+
+describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
+  local sb
+
+  setup(function()
+    sb = ats.start {
+      remap = { ["waf.test"] = S .. "waf.lua", ["plain.test"] = {} },
+      records = FAST_LOG,
+      start_timeout = 30,
+    }
+  end)
+
+  teardown(function()
+    if sb then sb:stop() end
+  end)
+
+  local function get(path, curl)
+    return sb:get("waf.test", path, { curl = BROWSER .. " " .. (curl or "") })
+  end
+
+  it("loads the rule set once for every Lua VM (one shared engine)", function()
+    local ids, lines = {}, 0
+    for id, rules in (read(sb.dir .. "/waf_engines.log") or ""):gmatch("(%d+) (%d+)\n") do
+      ids[id] = tonumber(rules)
+      lines = lines + 1
+    end
+    assert.is_true(lines >= 2, "script loaded in " .. lines .. " VMs")
+    local n = 0
+    for _, rules in pairs(ids) do
+      n = n + 1
+      assert.is_true(rules > 800, "CRS rules loaded: " .. rules)
+    end
+    assert.equal(1, n)
+  end)
+
+  describe("clean requests pass (no false positives)", function()
+    local corpus = {
+      { "/" },
+      { "/index.html" },
+      { "/images/logo.png", "-H 'Accept: image/avif,image/webp,*/*'" },
+      { "/search?q=hello+world&lang=en" },
+      { "/api/v1/items?page=2&sort=name&order=asc", "-H 'Accept: application/json'" },
+      { "/blog/2024/05/a-post-about-caching.html", "-H 'Referer: http://waf.test/blog/'" },
+      { "/account", "-H 'Cookie: session=8f14e45fceea167a5a36dedd4bea2543; theme=dark'" },
+      { "/static/app.min.js?v=3.2.1", "-H 'If-None-Match: \"abc123\"'" },
+      { "/products?category=shoes&size=42&color=dark%20blue" },
+      { "/testparam-in-path?other=1" },
+    }
+    for _, case in ipairs(corpus) do
+      it(case[1], function()
+        local res = get(case[1], case[2])
+        assert.equal(200, res.status, res.body)
+        assert.equal("origin:" .. case[1] .. "\n", res.body)
+      end)
+    end
+  end)
+
+  describe("requests with bodies pass (bodies are not inspected yet; no false 400s)", function()
+    for _, case in ipairs {
+      { "JSON", "application/json", '{"name":"Ada","tags":["a","b"]}' },
+      { "XML", "application/xml", "<item><name>Ada</name></item>" },
+      { "urlencoded", "application/x-www-form-urlencoded", "name=Ada&lang=en" },
+      { "multipart", "multipart/form-data; boundary=XyZ",
+        "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XyZ--\r\n" },
+    } do
+      it(case[1], function()
+        local res = get("/echo", "-X POST -H 'Content-Type: " .. case[2] .. "' --data-binary '"
+          .. case[3] .. "'")
+        assert.equal(200, res.status, res.body)
+        assert.equal(case[3], res.body)
+      end)
+    end
+  end)
+
+  describe("attacks are denied with 403", function()
+    local attacks = {
+      { "SQL injection in the query", "/item?id=1%27%20OR%20%271%27=%271" },
+      { "SQL injection (UNION SELECT)", "/item?id=1%20UNION%20SELECT%20username,password%20FROM%20users--" },
+      { "XSS in the query", "/search?q=%3Cscript%3Ealert(document.cookie)%3C/script%3E" },
+      { "path traversal in the query", "/download?file=../../../../etc/passwd" },
+      { "path traversal in the path", "/static/..%2f..%2f..%2fetc%2fpasswd" },
+      { "remote command execution", "/ping?host=127.0.0.1;cat%20/etc/passwd" },
+      { "scanner user agent", "/", "-H 'User-Agent: sqlmap/1.7.2#stable (https://sqlmap.org)'" },
+      { "scanner user agent (nikto)", "/", "-H 'User-Agent: Mozilla/5.00 (Nikto/2.1.6) (Evasions:None) (Test:000001)'" },
+      { "SQL injection in a cookie", "/", "-H \"Cookie: id=1' OR '1'='1' --\"" },
+      { "XSS in the Referer header", "/", "-H 'Referer: http://x/<script>alert(1)</script>'" },
+      { "RCE in the User-Agent", "/", "-H 'User-Agent: () { :; }; /bin/bash -c \"cat /etc/passwd\"'" },
+    }
+    for _, case in ipairs(attacks) do
+      it(case[1], function()
+        local res = get(case[2], case[3])
+        assert.equal(403, res.status, res.body)
+        assert.truthy(res.body:find("blocked by the web application firewall", 1, true))
+        assert.falsy(res.body:find("origin:", 1, true))
+      end)
+    end
+  end)
+
+  it("the talk's custom rule: ARGS:testparam @contains test → 403", function()
+    assert.equal(403, get("/?testparam=thisisatest").status)
+    assert.equal(200, get("/?testparam=harmless").status)
+    assert.truthy(log_has(sb, "ts_ffi_waf.log", 'id "1234"'), sb:log("ts_ffi_waf.log"))
+  end)
+
+  it("a rule's own status is the response's (deny,status:418 on a request header)", function()
+    assert.equal(418, get("/", "-H 'X-Waf-Test: teapot'").status)
+    assert.equal(200, get("/", "-H 'X-Waf-Test: coffee'").status)
+  end)
+
+  it("drop is answered like deny (403)", function()
+    assert.equal(403, get("/?drop=me").status)
+  end)
+
+  it("redirect sends the client elsewhere with Location", function()
+    local res = get("/?go=away")
+    assert.equal(302, res.status, res.body)
+    assert.equal("http://moved.test/elsewhere", res.headers["location"])
+  end)
+
+  it("a response header can deny (phase 3)", function()
+    local res = get("/leak-header")
+    assert.equal(403, res.status, res.body)
+    assert.falsy(res.body:find("origin:", 1, true))
+  end)
+
+  it("rule messages go to the ATS text log ts_ffi_waf.log", function()
+    get("/item?id=1%27%20OR%20%271%27=%271")
+    assert.truthy(log_has(sb, "ts_ffi_waf.log", "942%d%d%d"), sb:log("ts_ffi_waf.log"))
+    assert.truthy(log_has(sb, "ts_ffi_waf.log", "%[txn %d+%]"))
+  end)
+
+  it("unprotected remap rules are untouched", function()
+    local res = sb:get("plain.test", "/item?id=1%27%20OR%20%271%27=%271")
+    assert.equal(200, res.status)
+  end)
+
+  it("concurrent clean and attack requests: right answers, no crash, still serving", function()
+    local paths = {}
+    for i = 1, 60 do
+      paths[i] = (i % 3 == 0) and ("/x?id=" .. i .. "%27%20OR%20%271%27=%271") or ("/ok/" .. i .. "?a=" .. i)
+    end
+    local res = sb:get_parallel("waf.test", paths, { max = 20, timeout = 60 })
+    for i, r in ipairs(res) do
+      assert.equal((i % 3 == 0) and 403 or 200, r.status, paths[i])
+    end
+    assert.is_true(sb:alive())
+    assert.equal(200, get("/after-load").status)
+  end)
+end)
+
+describe("ts_ffi.waf from do_global_read_request", function()
+  local sb
+
+  setup(function()
+    sb = ats.start { global = S .. "waf.lua", remap = { ["g.test"] = {} }, start_timeout = 30 }
+  end)
+
+  teardown(function()
+    if sb then sb:stop() end
+  end)
+
+  it("denies an attack and passes a clean request", function()
+    assert.equal(403, sb:get("g.test", "/search?q=%3Cscript%3Ealert(1)%3C/script%3E",
+      { curl = BROWSER }).status)
+    local res = sb:get("g.test", "/fine?x=1", { curl = BROWSER })
+    assert.equal(200, res.status)
+    assert.equal("origin:/fine?x=1\n", res.body)
+  end)
+end)
+
+describe("ts_ffi.waf fail policy (engine failure injected with TS_FFI_WAF_FAULT=engine)", function()
+  local sb
+
+  setup(function()
+    sb = ats.start {
+      remap = { ["closed.test"] = S .. "waf.lua", ["open.test"] = { S .. "waf.lua", "open" } },
+      env = { TS_FFI_WAF_FAULT = "engine" },
+      records = FAST_LOG,
+      start_timeout = 30,
+    }
+  end)
+
+  teardown(function()
+    if sb then sb:stop() end
+  end)
+
+  it("fail-closed (the default) answers 503", function()
+    assert.equal(503, sb:get("closed.test", "/", { curl = BROWSER }).status)
+    assert.truthy(log_has(sb, "ts_ffi_waf.log", "engine failure"))
+  end)
+
+  it("fail-open passes the request uninspected", function()
+    local res = sb:get("open.test", "/?testparam=test", { curl = BROWSER })
+    assert.equal(200, res.status)
+  end)
+end)

@@ -1,0 +1,937 @@
+//! `ts_ffi.waf`: ModSecurity v3 (libmodsecurity, see `msc`) on ATS transactions.
+//!
+//! Engines: `waf.new` loads a rule set once per process and shares it between every Lua VM
+//! and thread: an engine with the same sources (the same files, unchanged on disk, and the
+//! same inline rules) that is still alive is handed out again. Lua holds an engine through a
+//! userdata; every protected transaction holds it too, so a rule set replaced on `__reload__`
+//! is freed when the last Lua VM and the last transaction using it are done.
+//!
+//! Transactions: `engine:protect()` copies the request line and headers at once (in
+//! `do_remap` or `do_global_read_request`, before remapping rewrites them) and adds one
+//! continuation to the transaction's hooks (POST_REMAP, READ_RESPONSE_HDR, TXN_CLOSE, and
+//! SEND_RESPONSE_HDR when a response must be rewritten). At each hook the transaction waits
+//! while a job runs libmodsecurity on an ATS task thread (TS_THREAD_POOL_TASK, never a network
+//! thread); the verdict comes back to the transaction's own thread through a continuation
+//! with its own mutex, which then touches the transaction and re-enables it.
+//!
+//! Lifetimes and locks: `WafTxn` is shared (Arc) by the hook continuation and the jobs. The
+//! libmodsecurity transaction lives inside `WafTxn::inner`, a mutex held by a task thread for
+//! the whole time it is inside libmodsecurity. TXN_CLOSE marks the transaction closed (no
+//! verdict touches it afterwards) and queues the logging phase, which takes that mutex, so it
+//! waits for any phase still running; the libmodsecurity transaction is freed when the last
+//! reference to `WafTxn` goes, never while a task thread is inside it.
+
+use crate::api::{api, ts_fn};
+use crate::codes::{self, Code};
+use crate::ctx::{self, CtxRec};
+use crate::msc::{self, Intervention};
+use crate::sys::{self, TSCont, TSEvent, TSHttpTxn, TSMBuffer, TSMLoc};
+use mlua::{Lua, Result as LuaResult, Table, UserData, UserDataFields, Value};
+use std::ffi::{CStr, CString, c_void};
+use std::os::raw::{c_char, c_int};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// A loaded rule set, shared process-wide.
+pub struct Engine {
+    id: u32,
+    key: String,
+    rules: msc::RuleSet,
+}
+
+/// Live engines by id, for `protect` and for sharing equal engines.
+static REGISTRY: Mutex<Vec<(u32, Weak<Engine>)>> = Mutex::new(Vec::new());
+/// Serializes `waf.new` (so that VMs loading the same script share one load).
+static NEW_LOCK: Mutex<()> = Mutex::new(());
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lookup(id: u32) -> Option<Arc<Engine>> {
+    let weak = lock(&REGISTRY).iter().find(|(i, _)| *i == id).map(|(_, w)| w.clone());
+    weak.and_then(|w| w.upgrade())
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        lock(&REGISTRY).retain(|(i, _)| *i != self.id);
+    }
+}
+
+/// Expands shell patterns (`*`, `?`, `[`) in `files` in sorted order; a pattern that matches
+/// nothing is an error. Plain names pass through (libmodsecurity reports missing ones).
+pub fn expand(files: &[String]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for f in files {
+        if !f.contains(['*', '?', '[']) {
+            out.push(f.clone());
+            continue;
+        }
+        let pat = CString::new(f.as_str()).map_err(|_| format!("{f}: contains a NUL byte"))?;
+        // SAFETY: glob fills `g`, freed with globfree below.
+        unsafe {
+            let mut g: libc::glob_t = std::mem::zeroed();
+            let rc = libc::glob(pat.as_ptr(), 0, None, &mut g);
+            if rc == 0 {
+                for i in 0..g.gl_pathc {
+                    let p = *g.gl_pathv.add(i);
+                    if !p.is_null() {
+                        out.push(CStr::from_ptr(p).to_string_lossy().into_owned());
+                    }
+                }
+            }
+            libc::globfree(&mut g);
+            if rc != 0 {
+                return Err(format!("{f}: no file matches this pattern"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What makes two engines equal: the files (with their size and modification time, so that
+/// a reload after an edit loads afresh) and the inline rules.
+pub fn source_key(files: &[String], rules: Option<&str>) -> String {
+    let mut key = String::new();
+    for f in files {
+        let stamp = std::fs::metadata(f)
+            .ok()
+            .and_then(|m| {
+                let t = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+                Some(format!("{}:{}", m.len(), t.as_nanos()))
+            })
+            .unwrap_or_else(|| "missing".into());
+        key.push_str(&format!("file\0{f}\0{stamp}\0"));
+    }
+    if let Some(r) = rules {
+        key.push_str("rules\0");
+        key.push_str(r);
+    }
+    key
+}
+
+/// `waf.new`: an equal live engine, or a newly loaded one.
+pub fn new_engine(files: &[String], rules: Option<&str>) -> Result<Arc<Engine>, String> {
+    let _guard = lock(&NEW_LOCK);
+    let files = expand(files)?;
+    let key = source_key(&files, rules);
+    // Upgraded references are dropped after the registry lock (an engine's Drop takes it).
+    let live: Vec<Arc<Engine>> = lock(&REGISTRY).iter().filter_map(|(_, w)| w.upgrade()).collect();
+    if let Some(e) = live.iter().find(|e| e.key == key) {
+        return Ok(Arc::clone(e));
+    }
+    drop(live);
+    msc::set_log_cb(log_cb);
+    let mut sources: Vec<msc::Source<'_>> = files.iter().map(|f| msc::Source::File(f)).collect();
+    if let Some(r) = rules {
+        sources.push(msc::Source::Inline(r));
+    }
+    let set = msc::load(&sources)?;
+    open_audit_log();
+    let engine = Arc::new(Engine { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), key, rules: set });
+    let mut reg = lock(&REGISTRY);
+    reg.retain(|(_, w)| w.strong_count() > 0);
+    reg.push((engine.id, Arc::downgrade(&engine)));
+    Ok(engine)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit trail: every rule message, to an ATS text log (ts_ffi_waf.log in ATS's log directory).
+
+static AUDIT: OnceLock<usize> = OnceLock::new();
+
+fn open_audit_log() {
+    let _ = (|| -> Result<(), Code> {
+        if AUDIT.get().is_some() {
+            return Ok(());
+        }
+        let create = ts_fn!(TSTextLogObjectCreate);
+        let mut obj: sys::TSTextLogObject = std::ptr::null_mut();
+        // SAFETY: creates a log object ATS owns for the process's life (mode 1: timestamps).
+        if unsafe { create(c"ts_ffi_waf".as_ptr(), 1, &mut obj) } == sys::TSReturnCode_TS_SUCCESS && !obj.is_null() {
+            let _ = AUDIT.set(obj as usize);
+        }
+        Ok(())
+    })();
+}
+
+fn audit(txn_id: u64, what: &str) {
+    let _ = (|| -> Result<(), Code> {
+        let obj = *AUDIT.get().ok_or(Code::Declined)?;
+        let write = ts_fn!(TSTextLogObjectWrite);
+        let line = format!("[txn {txn_id}] {}", what.replace(['\n', '\r'], " ").replace('\0', "\\0"));
+        let line = CString::new(line).map_err(|_| Code::Internal)?;
+        // SAFETY: a "%s" format with one C string; TSTextLogObjectWrite is thread-safe.
+        unsafe { write(obj as sys::TSTextLogObject, c"%s".as_ptr(), line.as_ptr()) };
+        Ok(())
+    })();
+}
+
+/// libmodsecurity's log callback (text form): `data` is the `WafTxn` the transaction was
+/// created with, alive for as long as the libmodsecurity transaction.
+unsafe extern "C" fn log_cb(data: *mut c_void, msg: *const c_void) {
+    let _ = std::panic::catch_unwind(|| unsafe {
+        let t = (data as *const WafTxn).as_ref();
+        if let (Some(t), false) = (t, msg.is_null()) {
+            audit(t.id, &CStr::from_ptr(msg as *const c_char).to_string_lossy());
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions.
+
+/// The request as the client sent it, copied at `protect` time.
+#[derive(Default)]
+struct Request {
+    client: (String, u16),
+    server: (String, u16),
+    method: String,
+    uri: String,
+    version: String,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+struct Response {
+    status: i32,
+    version: String,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What one phase decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Allow,
+    Deny { status: i32 },
+    Redirect { status: i32, url: String },
+    /// The engine could not inspect: the fail policy decides.
+    Fail(String),
+}
+
+/// Maps a libmodsecurity intervention to a verdict (`None`: not disruptive).
+pub fn verdict_of(disruptive: bool, status: i32, url: Option<String>) -> Option<Verdict> {
+    if !disruptive {
+        return None;
+    }
+    Some(match url {
+        Some(url) if !url.is_empty() => {
+            Verdict::Redirect { status: if (300..400).contains(&status) { status } else { 302 }, url }
+        }
+        _ => Verdict::Deny { status: if (400..600).contains(&status) { status } else { 403 } },
+    })
+}
+
+/// What the fail policy makes of a failure.
+pub fn on_failure(fail_open: bool) -> Verdict {
+    if fail_open { Verdict::Allow } else { Verdict::Deny { status: 503 } }
+}
+
+struct Inner {
+    /// The libmodsecurity transaction (null until the first phase).
+    msc: *mut c_void,
+    /// Rewrite of the client response at SEND_RESPONSE_HDR: status and Location.
+    rewrite: Option<(i32, Option<String>)>,
+    /// A phase already ended the transaction's inspection (denied or redirected).
+    decided: bool,
+    /// The request as captured by `protect`, until the request phase takes it.
+    request: Option<Request>,
+}
+
+// SAFETY: the libmodsecurity transaction is only used under the `inner` mutex.
+unsafe impl Send for Inner {}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !self.msc.is_null() {
+            if let Ok(m) = msc::get() {
+                // SAFETY: the last owner frees the transaction; nobody is inside it (mutex).
+                unsafe { (m.f.msc_transaction_cleanup)(self.msc) };
+            }
+        }
+    }
+}
+
+/// One protected transaction.
+struct WafTxn {
+    engine: Arc<Engine>,
+    id: u64,
+    fail_open: bool,
+    inner: Mutex<Inner>,
+    /// TXN_CLOSE has run: nothing may touch the ATS transaction any more.
+    closed: AtomicBool,
+    /// The hook continuation (to add SEND_RESPONSE_HDR later), as an address.
+    hook_cont: usize,
+}
+
+enum Phase {
+    Request(Request),
+    Response(Response),
+    Close { status: i32 },
+}
+
+struct Job {
+    t: Arc<WafTxn>,
+    phase: Phase,
+    txn: usize,
+    thread: usize,
+    verdict: Verdict,
+}
+
+fn fault_injected() -> bool {
+    static FAULT: OnceLock<bool> = OnceLock::new();
+    // SAFETY: getenv's result is read at once.
+    *FAULT.get_or_init(|| unsafe {
+        let p = libc::getenv(c"TS_FFI_WAF_FAULT".as_ptr());
+        !p.is_null() && CStr::from_ptr(p).to_bytes() == b"engine"
+    })
+}
+
+/// Runs one phase in libmodsecurity (on a task thread, `inner` locked by the caller).
+fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
+    let m = match msc::get() {
+        Ok(m) => m,
+        Err(e) => return Verdict::Fail(e),
+    };
+    let f = &m.f;
+    if inner.msc.is_null() {
+        if matches!(phase, Phase::Close { .. }) {
+            return Verdict::Allow;
+        }
+        if fault_injected() {
+            return Verdict::Fail("fault injected (TS_FFI_WAF_FAULT=engine)".into());
+        }
+        // SAFETY: the rule set lives as long as `t.engine`, which outlives `inner`.
+        inner.msc = unsafe { m.new_transaction(t.engine.rules.ptr, t as *const WafTxn as *mut c_void) };
+        if inner.msc.is_null() {
+            return Verdict::Fail("msc_new_transaction failed".into());
+        }
+    }
+    let tx = inner.msc;
+    let cstr = |s: &str| CString::new(s.replace('\0', "")).unwrap_or_default();
+    // SAFETY: C API calls on our transaction with NUL-terminated strings and sized buffers.
+    let check = || -> Option<Verdict> {
+        let mut it = Intervention::clean();
+        let disruptive = unsafe { (f.msc_intervention)(tx, &mut it) } != 0;
+        let (url, log) = it.take_strings();
+        let v = verdict_of(disruptive, it.status, url);
+        if let (Some(v), Some(log)) = (&v, log) {
+            audit(t.id, &format!("intervention {v:?}: {log}"));
+        }
+        v
+    };
+    unsafe {
+        match phase {
+            Phase::Request(r) => {
+                let (ci, si) = (cstr(&r.client.0), cstr(&r.server.0));
+                (f.msc_process_connection)(tx, ci.as_ptr(), r.client.1.into(), si.as_ptr(), r.server.1.into());
+                if let Some(v) = check() {
+                    return v;
+                }
+                let (uri, method, version) = (cstr(&r.uri), cstr(&r.method), cstr(&r.version));
+                (f.msc_process_uri)(tx, uri.as_ptr(), method.as_ptr(), version.as_ptr());
+                if let Some(v) = check() {
+                    return v;
+                }
+                for (k, v) in &r.headers {
+                    (f.msc_add_n_request_header)(tx, k.as_ptr(), k.len(), v.as_ptr(), v.len());
+                }
+                (f.msc_process_request_headers)(tx);
+                if let Some(v) = check() {
+                    return v;
+                }
+                // Phase 2 (ARGS from the query string among others); the body is not appended
+                // yet (see README: request bodies are not inspected in this version).
+                (f.msc_process_request_body)(tx);
+                check().unwrap_or(Verdict::Allow)
+            }
+            Phase::Response(r) => {
+                for (k, v) in &r.headers {
+                    (f.msc_add_n_response_header)(tx, k.as_ptr(), k.len(), v.as_ptr(), v.len());
+                }
+                let proto = cstr(&format!("HTTP {}", r.version));
+                (f.msc_process_response_headers)(tx, r.status, proto.as_ptr());
+                if let Some(v) = check() {
+                    return v;
+                }
+                (f.msc_process_response_body)(tx);
+                check().unwrap_or(Verdict::Allow)
+            }
+            Phase::Close { status } => {
+                if *status > 0 {
+                    (f.msc_update_status_code)(tx, *status);
+                }
+                (f.msc_process_logging)(tx);
+                Verdict::Allow
+            }
+        }
+    }
+}
+
+/// Queues `job` on a task thread; gives it back if ATS refuses.
+unsafe fn schedule_task(job: Box<Job>) -> Result<(), Box<Job>> {
+    let fns = (|| Ok::<_, Code>((
+        ts_fn!(TSContCreate),
+        ts_fn!(TSMutexCreate),
+        ts_fn!(TSContDataSet),
+        ts_fn!(TSContScheduleOnPool),
+        ts_fn!(TSContDestroy),
+    )))();
+    let Ok((create, mutex_create, data_set, sched, destroy)) = fns else { return Err(job) };
+    // SAFETY: the job is the continuation's data until its handler takes it back.
+    unsafe {
+        let cont = create(Some(task_handler), mutex_create());
+        if cont.is_null() {
+            return Err(job);
+        }
+        let raw = Box::into_raw(job);
+        data_set(cont, raw as *mut c_void);
+        if sched(cont, 0, sys::TSThreadPool_TS_THREAD_POOL_TASK).is_null() {
+            destroy(cont);
+            return Err(Box::from_raw(raw));
+        }
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn task_handler(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
+    let _ = std::panic::catch_unwind(|| unsafe {
+        let raw = ts_fn!(TSContDataGet)(contp) as *mut Job;
+        ts_fn!(TSContDestroy)(contp);
+        if raw.is_null() {
+            return Ok::<(), Code>(());
+        }
+        let mut job = Box::from_raw(raw);
+        {
+            let mut inner = lock(&job.t.inner);
+            job.verdict = if matches!(job.phase, Phase::Close { .. }) || !inner.decided {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_phase(&job.t, &mut inner, &job.phase)))
+                    .unwrap_or_else(|_| Verdict::Fail("internal error".into()))
+            } else {
+                Verdict::Allow
+            };
+            if let Verdict::Fail(why) = &job.verdict {
+                audit(job.t.id, &format!("engine failure ({why}); fail-{}", if job.t.fail_open { "open" } else { "closed" }));
+            }
+            if matches!(job.verdict, Verdict::Deny { .. } | Verdict::Redirect { .. }) {
+                inner.decided = true;
+            }
+            if let Phase::Close { .. } = job.phase {
+                // The libmodsecurity transaction is freed with the last reference.
+                return Ok(());
+            }
+        }
+        hand_back(job)
+    });
+    0
+}
+
+/// Sends the verdict to the transaction's thread.
+unsafe fn hand_back(job: Box<Job>) -> Result<(), Code> {
+    let (create, mutex_create, data_set, sched) =
+        (ts_fn!(TSContCreate), ts_fn!(TSMutexCreate), ts_fn!(TSContDataSet), ts_fn!(TSContScheduleOnThread));
+    unsafe {
+        let cont = create(Some(result_handler), mutex_create());
+        if cont.is_null() {
+            return Err(Code::Internal);
+        }
+        let thread = job.thread as sys::TSEventThread;
+        data_set(cont, Box::into_raw(job) as *mut c_void);
+        sched(cont, 0, thread);
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn result_handler(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
+    let _ = std::panic::catch_unwind(|| unsafe {
+        let raw = ts_fn!(TSContDataGet)(contp) as *mut Job;
+        ts_fn!(TSContDestroy)(contp);
+        if raw.is_null() {
+            return Ok::<(), Code>(());
+        }
+        let job = Box::from_raw(raw);
+        apply(&job.t, job.txn as TSHttpTxn, job.verdict.clone())
+    });
+    0
+}
+
+const DENY_BODY: &str = "<html><head><title>Forbidden</title></head><body><h1>Request denied</h1>\
+<p>This request was blocked by the web application firewall.</p></body></html>\n";
+
+/// Applies a verdict on the transaction's thread and re-enables it.
+unsafe fn apply(t: &WafTxn, txn: TSHttpTxn, verdict: Verdict) -> Result<(), Code> {
+    if t.closed.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let reenable = ts_fn!(TSHttpTxnReenable);
+    let verdict = match verdict {
+        Verdict::Fail(_) => on_failure(t.fail_open),
+        v => v,
+    };
+    unsafe {
+        let (status, location) = match verdict {
+            Verdict::Allow | Verdict::Fail(_) => {
+                reenable(txn, sys::TSEvent_TS_EVENT_HTTP_CONTINUE);
+                return Ok(());
+            }
+            Verdict::Deny { status } => (status, None),
+            Verdict::Redirect { status, url } => (status, Some(url)),
+        };
+        let (status_set, body_set, strdup) =
+            (ts_fn!(TSHttpTxnStatusSet), ts_fn!(TSHttpTxnErrorBodySet), ts_fn!(_TSstrdup));
+        // An error jump answers with the status set here when it is >= 400; anything else
+        // (redirects) is rewritten at SEND_RESPONSE_HDR.
+        status_set(txn, if status >= 400 { status as sys::TSHttpStatus } else { 403 });
+        if status < 400 || location.is_some() {
+            lock(&t.inner).rewrite = Some((status, location));
+            ts_fn!(TSHttpTxnHookAdd)(txn, sys::TSHttpHookID_TS_HTTP_SEND_RESPONSE_HDR_HOOK, t.hook_cont as TSCont);
+        }
+        let body = strdup(DENY_BODY.as_ptr() as *const c_char, DENY_BODY.len() as i64, c"ts_ffi_waf".as_ptr());
+        let mime = strdup(c"text/html".as_ptr(), -1, c"ts_ffi_waf".as_ptr());
+        body_set(txn, body, DENY_BODY.len(), mime);
+        reenable(txn, sys::TSEvent_TS_EVENT_HTTP_ERROR);
+    }
+    Ok(())
+}
+
+// --- Reading the transaction (on its thread) -------------------------------------------------
+
+unsafe fn text(p: *const c_char, len: c_int) -> String {
+    if p.is_null() || len <= 0 {
+        return String::new();
+    }
+    String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) }).into_owned()
+}
+
+unsafe fn headers_of(buf: TSMBuffer, hdr: TSMLoc) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Code> {
+    let (count, get, name, value, release) = (
+        ts_fn!(TSMimeHdrFieldsCount),
+        ts_fn!(TSMimeHdrFieldGet),
+        ts_fn!(TSMimeHdrFieldNameGet),
+        ts_fn!(TSMimeHdrFieldValueStringGet),
+        ts_fn!(TSHandleMLocRelease),
+    );
+    let mut out = Vec::new();
+    unsafe {
+        for i in 0..count(buf, hdr) {
+            let field = get(buf, hdr, i);
+            if field.is_null() {
+                continue;
+            }
+            let (mut nl, mut vl) = (0, 0);
+            let n = name(buf, hdr, field, &mut nl);
+            let v = value(buf, hdr, field, -1, &mut vl);
+            let bytes = |p: *const c_char, l: c_int| {
+                if p.is_null() || l <= 0 { Vec::new() } else { std::slice::from_raw_parts(p as *const u8, l as usize).to_vec() }
+            };
+            out.push((bytes(n, nl), bytes(v, vl)));
+            release(buf, hdr, field);
+        }
+    }
+    Ok(out)
+}
+
+fn version_text(v: c_int) -> String {
+    format!("{}.{}", (v >> 16) & 0xffff, v & 0xffff)
+}
+
+unsafe fn addr_of(sa: *const libc::sockaddr) -> (String, u16) {
+    match unsafe { crate::addr::from_sockaddr(sa) } {
+        Some(a) => (a.ip().to_string(), a.port()),
+        None => (String::new(), 0),
+    }
+}
+
+unsafe fn capture_request(txn: TSHttpTxn) -> Result<Request, Code> {
+    let (req_get, method_get, version_get, url_get, path_get, params_get, query_get, release) = (
+        ts_fn!(TSHttpTxnClientReqGet),
+        ts_fn!(TSHttpHdrMethodGet),
+        ts_fn!(TSHttpHdrVersionGet),
+        ts_fn!(TSHttpHdrUrlGet),
+        ts_fn!(TSUrlPathGet),
+        ts_fn!(TSUrlHttpParamsGet),
+        ts_fn!(TSUrlHttpQueryGet),
+        ts_fn!(TSHandleMLocRelease),
+    );
+    let (client_addr, incoming_addr) = (ts_fn!(TSHttpTxnClientAddrGet), ts_fn!(TSHttpTxnIncomingAddrGet));
+    unsafe {
+        let mut buf: TSMBuffer = std::ptr::null_mut();
+        let mut hdr: TSMLoc = std::ptr::null_mut();
+        if req_get(txn, &mut buf, &mut hdr) != sys::TSReturnCode_TS_SUCCESS {
+            return Err(Code::Declined);
+        }
+        let mut r = Request::default();
+        let mut len = 0;
+        r.method = text(method_get(buf, hdr, &mut len), len);
+        r.version = version_text(version_get(buf, hdr));
+        let mut url: TSMLoc = std::ptr::null_mut();
+        let mut uri = String::from("/");
+        if url_get(buf, hdr, &mut url) == sys::TSReturnCode_TS_SUCCESS {
+            uri.push_str(&text(path_get(buf, url, &mut len), len));
+            let params = text(params_get(buf, url, &mut len), len);
+            if !params.is_empty() {
+                uri.push(';');
+                uri.push_str(&params);
+            }
+            let q = query_get(buf, url, &mut len);
+            if !q.is_null() {
+                uri.push('?');
+                uri.push_str(&text(q, len));
+            }
+            release(buf, hdr, url);
+        }
+        r.uri = uri;
+        r.headers = headers_of(buf, hdr)?;
+        release(buf, std::ptr::null_mut(), hdr);
+        r.client = addr_of(client_addr(txn) as *const libc::sockaddr);
+        r.server = addr_of(incoming_addr(txn) as *const libc::sockaddr);
+        Ok(r)
+    }
+}
+
+unsafe fn capture_response(txn: TSHttpTxn, client: bool) -> Result<Response, Code> {
+    let get = if client { ts_fn!(TSHttpTxnClientRespGet) } else { ts_fn!(TSHttpTxnServerRespGet) };
+    let (status_get, version_get, release) =
+        (ts_fn!(TSHttpHdrStatusGet), ts_fn!(TSHttpHdrVersionGet), ts_fn!(TSHandleMLocRelease));
+    unsafe {
+        let mut buf: TSMBuffer = std::ptr::null_mut();
+        let mut hdr: TSMLoc = std::ptr::null_mut();
+        if get(txn, &mut buf, &mut hdr) != sys::TSReturnCode_TS_SUCCESS {
+            return Err(Code::Declined);
+        }
+        let status = status_get(buf, hdr) as i32;
+        let version = version_text(version_get(buf, hdr));
+        let headers = if client { Vec::new() } else { headers_of(buf, hdr)? };
+        release(buf, std::ptr::null_mut(), hdr);
+        Ok(Response { status, version, headers })
+    }
+}
+
+/// SEND_RESPONSE_HDR after a redirect (or a status below 400): status, reason, Location.
+unsafe fn rewrite_response(txn: TSHttpTxn, status: i32, location: Option<&str>) -> Result<(), Code> {
+    let (get, status_set, reason_set, reason_lookup, release) = (
+        ts_fn!(TSHttpTxnClientRespGet),
+        ts_fn!(TSHttpHdrStatusSet),
+        ts_fn!(TSHttpHdrReasonSet),
+        ts_fn!(TSHttpHdrReasonLookup),
+        ts_fn!(TSHandleMLocRelease),
+    );
+    let (find, destroy, create, insert, append) = (
+        ts_fn!(TSMimeHdrFieldFind),
+        ts_fn!(TSMimeHdrFieldDestroy),
+        ts_fn!(TSMimeHdrFieldCreateNamed),
+        ts_fn!(TSMimeHdrFieldValueStringInsert),
+        ts_fn!(TSMimeHdrFieldAppend),
+    );
+    unsafe {
+        let mut buf: TSMBuffer = std::ptr::null_mut();
+        let mut hdr: TSMLoc = std::ptr::null_mut();
+        if get(txn, &mut buf, &mut hdr) != sys::TSReturnCode_TS_SUCCESS {
+            return Err(Code::Declined);
+        }
+        status_set(buf, hdr, status as sys::TSHttpStatus);
+        let reason = reason_lookup(status as sys::TSHttpStatus);
+        if !reason.is_null() {
+            reason_set(buf, hdr, reason, CStr::from_ptr(reason).to_bytes().len() as c_int);
+        }
+        if let Some(loc) = location {
+            let name = c"Location";
+            loop {
+                let f = find(buf, hdr, name.as_ptr(), 8);
+                if f.is_null() {
+                    break;
+                }
+                destroy(buf, hdr, f);
+                release(buf, hdr, f);
+            }
+            let mut field: TSMLoc = std::ptr::null_mut();
+            if create(buf, hdr, name.as_ptr(), 8, &mut field) == sys::TSReturnCode_TS_SUCCESS {
+                insert(buf, hdr, field, -1, loc.as_ptr() as *const c_char, loc.len() as c_int);
+                append(buf, hdr, field);
+                release(buf, hdr, field);
+            }
+        }
+        release(buf, std::ptr::null_mut(), hdr);
+    }
+    Ok(())
+}
+
+// --- The hook continuation ----------------------------------------------------------------
+
+unsafe extern "C" fn hook_handler(contp: TSCont, event: TSEvent, edata: *mut c_void) -> c_int {
+    let txn = edata as TSHttpTxn;
+    let r = std::panic::catch_unwind(|| unsafe { on_hook(contp, event, txn) });
+    if !matches!(r, Ok(Ok(true))) {
+        // Not handed to a task: continue here (the fail policy was applied where it mattered).
+        if let Ok(reenable) = api().map(|a| a.TSHttpTxnReenable.as_ref().ok().copied()) {
+            if let Some(reenable) = reenable {
+                // SAFETY: the hook's own transaction.
+                unsafe { reenable(txn, sys::TSEvent_TS_EVENT_HTTP_CONTINUE) };
+            }
+        }
+    }
+    0
+}
+
+/// Handles one hook; `Ok(true)` when the transaction was handed over (a job re-enables it).
+unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool, Code> {
+    let data = unsafe { ts_fn!(TSContDataGet)(contp) } as *const WafTxn;
+    if data.is_null() {
+        return Ok(false);
+    }
+    // SAFETY: the hook continuation holds one reference until TXN_CLOSE.
+    let t = unsafe { &*data };
+    let thread = unsafe { ts_fn!(TSEventThreadSelf)() } as usize;
+    let phase = match event {
+        sys::TSEvent_TS_EVENT_HTTP_POST_REMAP => {
+            let req = lock(&t.inner).request.take();
+            match req {
+                Some(r) => Phase::Request(r),
+                None => return Ok(false),
+            }
+        }
+        sys::TSEvent_TS_EVENT_HTTP_READ_RESPONSE_HDR => {
+            if lock(&t.inner).decided {
+                return Ok(false);
+            }
+            match unsafe { capture_response(txn, false) } {
+                Ok(r) => Phase::Response(r),
+                Err(_) => return Ok(false),
+            }
+        }
+        sys::TSEvent_TS_EVENT_HTTP_SEND_RESPONSE_HDR => {
+            let rewrite = lock(&t.inner).rewrite.take();
+            if let Some((status, location)) = rewrite {
+                let _ = unsafe { rewrite_response(txn, status, location.as_deref()) };
+            }
+            return Ok(false);
+        }
+        sys::TSEvent_TS_EVENT_HTTP_TXN_CLOSE => {
+            t.closed.store(true, Ordering::Release);
+            let status = unsafe { capture_response(txn, true) }.map(|r| r.status).unwrap_or(0);
+            // SAFETY: the hook continuation's reference, released here with the continuation.
+            let t = unsafe { Arc::from_raw(data) };
+            unsafe {
+                ts_fn!(TSContDataSet)(contp, std::ptr::null_mut());
+                ts_fn!(TSContDestroy)(contp);
+            }
+            let job = Box::new(Job { t, phase: Phase::Close { status }, txn: 0, thread, verdict: Verdict::Allow });
+            // If no task thread takes it, logging is skipped; the transaction is still freed
+            // (by the last reference, after any running phase: the mutex).
+            let _ = unsafe { schedule_task(job) };
+            return Ok(false);
+        }
+        _ => return Ok(false),
+    };
+    // SAFETY: a new reference for the job.
+    let t = unsafe {
+        Arc::increment_strong_count(data);
+        Arc::from_raw(data)
+    };
+    let job = Box::new(Job { t, phase, txn: txn as usize, thread, verdict: Verdict::Allow });
+    match unsafe { schedule_task(job) } {
+        Ok(()) => Ok(true),
+        Err(job) => {
+            audit(job.t.id, "cannot queue a task; fail policy applies");
+            unsafe { apply(&job.t, txn, Verdict::Fail("task queue refused the job".into()))? };
+            Ok(true)
+        }
+    }
+}
+
+// --- protect ---------------------------------------------------------------------------------
+
+/// Flag bits of `ts_ffi_waf_protect`.
+pub const FLAG_FAIL_OPEN: c_int = 1;
+pub const FLAG_NO_RESPONSE: c_int = 2;
+
+fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int) -> Result<(), Code> {
+    let txn = ctx::txn_of(rec)?;
+    let engine = lookup(engine_id).ok_or(Code::BadArg)?;
+    let (create, mutex_get, data_set, hook_add, id_get) = (
+        ts_fn!(TSContCreate),
+        ts_fn!(TSContMutexGet),
+        ts_fn!(TSContDataSet),
+        ts_fn!(TSHttpTxnHookAdd),
+        ts_fn!(TSHttpTxnIdGet),
+    );
+    // Every function a later phase needs, checked now so that a phase cannot fail on them.
+    let _ = (
+        ts_fn!(TSContScheduleOnPool),
+        ts_fn!(TSContScheduleOnThread),
+        ts_fn!(TSEventThreadSelf),
+        ts_fn!(TSMutexCreate),
+        ts_fn!(TSContDestroy),
+        ts_fn!(TSContDataGet),
+        ts_fn!(TSHttpTxnReenable),
+        ts_fn!(TSHttpTxnStatusSet),
+        ts_fn!(TSHttpTxnErrorBodySet),
+        ts_fn!(_TSstrdup),
+        ts_fn!(TSHttpTxnServerRespGet),
+        ts_fn!(TSHttpTxnClientRespGet),
+        ts_fn!(TSHttpHdrStatusGet),
+        ts_fn!(TSHttpHdrStatusSet),
+        ts_fn!(TSHttpHdrReasonSet),
+        ts_fn!(TSHttpHdrReasonLookup),
+        ts_fn!(TSMimeHdrFieldFind),
+        ts_fn!(TSMimeHdrFieldDestroy),
+        ts_fn!(TSMimeHdrFieldCreateNamed),
+        ts_fn!(TSMimeHdrFieldValueStringInsert),
+        ts_fn!(TSMimeHdrFieldAppend),
+    );
+    msc::get().map_err(|_| Code::Declined)?;
+    unsafe {
+        let req = capture_request(txn)?;
+        let cont = create(Some(hook_handler), mutex_get(txn as TSCont));
+        if cont.is_null() {
+            return Err(Code::Internal);
+        }
+        let t = Arc::new(WafTxn {
+            engine,
+            id: id_get(txn),
+            fail_open: flags & FLAG_FAIL_OPEN != 0,
+            inner: Mutex::new(Inner { msc: std::ptr::null_mut(), rewrite: None, decided: false, request: Some(req) }),
+            closed: AtomicBool::new(false),
+            hook_cont: cont as usize,
+        });
+        data_set(cont, Arc::into_raw(t) as *mut c_void);
+        hook_add(txn, sys::TSHttpHookID_TS_HTTP_POST_REMAP_HOOK, cont);
+        if flags & FLAG_NO_RESPONSE == 0 {
+            hook_add(txn, sys::TSHttpHookID_TS_HTTP_READ_RESPONSE_HDR_HOOK, cont);
+        }
+        hook_add(txn, sys::TSHttpHookID_TS_HTTP_TXN_CLOSE_HOOK, cont);
+    }
+    Ok(())
+}
+
+/// `ts_ffi_waf_protect(rec, engine_id, flags)`: inspects the running transaction with the
+/// engine (see the module docs). `BadArg`: no such engine.
+#[unsafe(no_mangle)]
+pub extern "C" fn ts_ffi_waf_protect(rec: *const CtxRec, engine_id: u32, flags: c_int) -> c_int {
+    codes::guard(|| protect(rec, engine_id, flags))
+}
+
+// --- Lua side --------------------------------------------------------------------------------
+
+/// The Lua handle of an engine (keeps it alive).
+struct EngineUd(Arc<Engine>);
+
+impl UserData for EngineUd {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("id", |_, this| Ok(this.0.id));
+        fields.add_field_method_get("rules", |_, this| Ok(this.0.rules.count));
+    }
+}
+
+/// Adds `waf_new` and `waf_version` to the native module table.
+pub fn register(lua: &Lua, m: &Table) -> LuaResult<()> {
+    m.set(
+        "waf_new",
+        lua.create_function(|lua, (files, rules): (Vec<String>, Option<String>)| {
+            match new_engine(&files, rules.as_deref()) {
+                Ok(e) => (Value::UserData(lua.create_userdata(EngineUd(e))?), Value::Nil).into_lua_multi_ok(lua),
+                Err(msg) => (Value::Nil, msg).into_lua_multi_ok(lua),
+            }
+        })?,
+    )?;
+    m.set(
+        "waf_version",
+        lua.create_function(|lua, ()| match msc::get() {
+            Ok(m) => (m.who_am_i(), Value::Nil).into_lua_multi_ok(lua),
+            Err(e) => (Value::Nil, e).into_lua_multi_ok(lua),
+        })?,
+    )?;
+    m.set(
+        "waf_live_engines",
+        lua.create_function(|_, ()| Ok(lock(&REGISTRY).iter().filter(|(_, w)| w.strong_count() > 0).count()))?,
+    )?;
+    m.set("waf_flag_fail_open", FLAG_FAIL_OPEN)?;
+    m.set("waf_flag_no_response", FLAG_NO_RESPONSE)?;
+    Ok(())
+}
+
+trait IntoMultiOk {
+    fn into_lua_multi_ok(self, lua: &Lua) -> LuaResult<mlua::MultiValue>;
+}
+
+impl<T: mlua::IntoLuaMulti> IntoMultiOk for T {
+    fn into_lua_multi_ok(self, lua: &Lua) -> LuaResult<mlua::MultiValue> {
+        self.into_lua_multi(lua)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_from_interventions() {
+        assert_eq!(verdict_of(false, 403, None), None);
+        assert_eq!(verdict_of(true, 403, None), Some(Verdict::Deny { status: 403 }));
+        assert_eq!(verdict_of(true, 200, None), Some(Verdict::Deny { status: 403 }));
+        assert_eq!(verdict_of(true, 406, None), Some(Verdict::Deny { status: 406 }));
+        assert_eq!(
+            verdict_of(true, 301, Some("https://x/".into())),
+            Some(Verdict::Redirect { status: 301, url: "https://x/".into() })
+        );
+        assert_eq!(
+            verdict_of(true, 403, Some("https://x/".into())),
+            Some(Verdict::Redirect { status: 302, url: "https://x/".into() })
+        );
+    }
+
+    #[test]
+    fn fail_policy() {
+        assert_eq!(on_failure(true), Verdict::Allow);
+        assert_eq!(on_failure(false), Verdict::Deny { status: 503 });
+    }
+
+    #[test]
+    fn versions_read_as_text() {
+        assert_eq!(version_text((1 << 16) | 1), "1.1");
+        assert_eq!(version_text(2 << 16), "2.0");
+    }
+
+    #[test]
+    fn patterns_expand_sorted_and_must_match() {
+        let dir = std::env::temp_dir().join(format!("ts_ffi_waf_glob_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in ["b.conf", "a.conf", "c.txt"] {
+            std::fs::write(dir.join(n), "").unwrap();
+        }
+        let d = dir.to_string_lossy();
+        let got = expand(&[format!("{d}/*.conf"), "/plain/name.conf".into()]).unwrap();
+        assert_eq!(got, vec![format!("{d}/a.conf"), format!("{d}/b.conf"), "/plain/name.conf".into()]);
+        assert!(expand(&[format!("{d}/*.none")]).unwrap_err().contains("no file matches"));
+    }
+
+    #[test]
+    fn keys_change_with_file_contents() {
+        let f = std::env::temp_dir().join(format!("ts_ffi_waf_key_{}", std::process::id()));
+        std::fs::write(&f, "a").unwrap();
+        let name = vec![f.to_string_lossy().into_owned()];
+        let k1 = source_key(&name, None);
+        assert_eq!(k1, source_key(&name, None));
+        std::fs::write(&f, "ab").unwrap();
+        assert_ne!(k1, source_key(&name, None));
+        assert_ne!(source_key(&name, None), source_key(&name, Some("SecRuleEngine On")));
+    }
+
+    #[test]
+    fn equal_engines_are_shared_and_freed_with_their_last_holder() {
+        let f = std::env::temp_dir().join(format!("ts_ffi_waf_share_{}", std::process::id()));
+        std::fs::write(&f, "SecRuleEngine On\nSecRule ARGS \"@contains x\" \"id:30,deny\"\n").unwrap();
+        let files = vec![f.to_string_lossy().into_owned()];
+        let a = new_engine(&files, None).unwrap();
+        let b = new_engine(&files, None).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = new_engine(&files, Some("SecRule ARGS \"@contains y\" \"id:31,deny\"")).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.rules.count, 2);
+        let id = a.id;
+        assert!(lookup(id).is_some());
+        drop((a, b));
+        assert!(lookup(id).is_none());
+    }
+}
