@@ -103,10 +103,25 @@ pub fn layout() -> Result<Layout, Code> {
 /// ts_ffi's record of one live ts_lua context. Lua holds it (as FFI cdata, released by
 /// `ts_ffi_ctx_release` when collected), and so does the async item on the context's chain
 /// until ts_lua releases the context.
+///
+/// `repr(C)`: the JIT path of the cheapest calls (`lua/ts_ffi/base.lua`, `ts_ffi_ctx`) reads
+/// `alive` and `txn_slot` itself and calls the TS* function through LuaJIT FFI, with the same
+/// two checks as `txn()` below.
+#[repr(C)]
 pub struct CtxRec {
     alive: AtomicBool,
+    /// Where the context keeps its TSHttpTxn (`ctx + layout.txnp`).
+    txn_slot: *const TSHttpTxn,
     ctx: *mut u8,
     layout: Layout,
+}
+
+impl CtxRec {
+    fn new(ctx: *mut u8, layout: Layout, alive: bool) -> Self {
+        // SAFETY: only an address computation; it is read while `alive` only.
+        let txn_slot = unsafe { ctx.add(layout.txnp) } as *const TSHttpTxn;
+        CtxRec { alive: AtomicBool::new(alive), txn_slot, ctx, layout }
+    }
 }
 
 // SAFETY: `ctx` is only dereferenced while `alive`, under ts_lua's VM mutex (module docs).
@@ -409,7 +424,7 @@ unsafe fn acquire(l: *mut lua::lua_State) -> Result<*const CtxRec, Code> {
     api()?;
     let layout = layout()?;
     let ctx = unsafe { find_live(l, layout) }?;
-    let rec = Arc::new(CtxRec { alive: AtomicBool::new(true), ctx, layout });
+    let rec = Arc::new(CtxRec::new(ctx, layout, true));
     unsafe { watch_release(ctx, layout, &rec) }?;
     Ok(Arc::into_raw(rec))
 }
@@ -564,6 +579,13 @@ mod tests {
     }
 
     #[test]
+    fn record_head_matches_the_lua_view() {
+        // lua/ts_ffi/base.lua: struct ts_ffi_ctx { uint8_t alive; void **txn_slot; }
+        assert_eq!(std::mem::offset_of!(CtxRec, alive), 0);
+        assert_eq!(std::mem::offset_of!(CtxRec, txn_slot), 8);
+    }
+
+    #[test]
     fn async_item_matches_ts_lua() {
         assert_eq!(std::mem::size_of::<AsyncItem>(), LAYOUT_9_2.async_item_size);
         assert_eq!(std::mem::offset_of!(AsyncItem, data), 24);
@@ -582,12 +604,12 @@ mod tests {
     #[test]
     fn dead_record_is_gone_and_null_is_no_txn() {
         let mut fake = [0u8; 64];
-        let rec = CtxRec { alive: AtomicBool::new(false), ctx: fake.as_mut_ptr(), layout: LAYOUT_9_2 };
+        let rec = CtxRec::new(fake.as_mut_ptr(), LAYOUT_9_2, false);
         assert_eq!(rec.txn(), Err(Code::Gone));
         rec.alive.store(true, Ordering::Release);
         assert_eq!(rec.txn(), Err(Code::NoTxn));
         fake[48] = 1;
-        let rec = CtxRec { alive: AtomicBool::new(true), ctx: fake.as_mut_ptr(), layout: LAYOUT_9_2 };
+        let rec = CtxRec::new(fake.as_mut_ptr(), LAYOUT_9_2, true);
         assert_eq!(rec.txn().map(|t| t as usize), Ok(1));
         assert_eq!(txn_of(std::ptr::null()), Err(Code::NoTxn));
     }

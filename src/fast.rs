@@ -33,10 +33,14 @@ struct CtxBox {
     rec: *const CtxRec,
 }
 
-/// A hot call's answer, pushed as a Lua value.
+/// A hot call's answer, pushed as Lua values.
 pub enum Val {
     Num(f64),
     Bool(bool),
+    /// A string ATS allocated: pushed, then freed with TSfree.
+    TsStr(*mut std::os::raw::c_char, usize),
+    /// `ip, port, family` (`"inet"` / `"inet6"`).
+    Addr(std::net::SocketAddr),
 }
 
 impl From<i64> for Val {
@@ -149,6 +153,23 @@ pub unsafe fn run<F: Fn(TSHttpTxn) -> Result<Val, Code>>(l: *mut lua::lua_State,
                 lua::lua_pushboolean(l, v.into());
                 1
             }
+            Ok(Some(Val::TsStr(p, n))) => {
+                lua::lua_pushlstring(l, p, n);
+                if let Ok(free) = crate::api::api().map(|a| &a._TSfree)
+                    && let Ok(free) = free
+                {
+                    free(p.cast());
+                }
+                1
+            }
+            Ok(Some(Val::Addr(a))) => {
+                let mut buf = [0u8; 64];
+                crate::addr::write_text(a.ip(), &mut buf);
+                lua::lua_pushstring(l, buf.as_ptr() as *const std::os::raw::c_char);
+                lua::lua_pushnumber(l, a.port().into());
+                lua::lua_pushstring(l, if a.is_ipv4() { c"inet".as_ptr() } else { c"inet6".as_ptr() });
+                3
+            }
             // No Rust value is live here: a Lua error raised by the wrapper unwinds through
             // this `C-unwind` frame as LuaJIT's own (DWARF) exception.
             _ => {
@@ -179,6 +200,9 @@ fn lookup(name: &[u8]) -> Option<lua::lua_CFunction> {
         b"txn_client_fd" => crate::txn::fast_client_fd,
         b"txn_server_fd" => crate::txn::fast_server_fd,
         b"txn_is_aborted" => crate::txn::fast_is_aborted,
+        b"txn_next_hop_addr" => crate::txn::fast_next_hop_addr,
+        b"txn_remap_from_url" => crate::txn::fast_remap_from_url,
+        b"txn_remap_to_url" => crate::txn::fast_remap_to_url,
         b"ssn_id" => crate::ssn::fast_id,
         _ => return None,
     })

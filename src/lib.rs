@@ -98,6 +98,19 @@ fn self_path_pinned() -> Option<String> {
     Some(path.to_string_lossy().into_owned())
 }
 
+/// `native.ts_addr(name)`: the address of a TS* function in this process (light userdata), or
+/// nil. For the JIT path of the cheapest calls, which call it through a typed FFI function
+/// pointer (no global `ffi.cdef` of TS* names that a script's own cdefs could clash with).
+fn ts_addr(name: &[u8]) -> LuaResult<Value> {
+    if !name.starts_with(b"TS") || name.contains(&0) {
+        return Ok(Value::Nil);
+    }
+    let Ok(cname) = CString::new(name) else { return Ok(Value::Nil) };
+    // SAFETY: dlsym only reads the loader's tables.
+    let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, cname.as_ptr()) };
+    Ok(if p.is_null() { Value::Nil } else { Value::LightUserData(mlua::LightUserData(p)) })
+}
+
 #[mlua::lua_module(name = "ts_ffi")]
 fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     let m = lua.create_table()?;
@@ -120,6 +133,7 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     m.set("bind", unsafe { lua.create_c_function(fast::lua_bind)? })?;
     m.set("box_key", fast::BOX_KEY.to_str().unwrap_or_default())?;
     info::register(lua, &m)?;
+    m.set("ts_addr", lua.create_function(|_, name: mlua::LuaString| ts_addr(&name.as_bytes()))?)?;
     m.set("ctx_watched", lua.create_function(|_, ()| Ok(ctx::watched()))?)?;
     m.set("last_missing", lua.create_function(|_, ()| Ok(api::last_missing()))?)?;
     #[cfg(feature = "panic-test")]

@@ -72,6 +72,11 @@ fast_fn!(fast_server_fd, |t| server_fd_or_declined(t).map(Val::from));
 /// TSHttpTxnAborted, read the right way round: TS_SUCCESS means the transaction *was*
 /// aborted (by the client, or in 9.2 by the origin).
 fn is_aborted(txn: TSHttpTxn) -> Result<bool, Code> {
+    // Its signature (from the 9.2 header) gains an argument in ATS 10: 9.x only, whatever
+    // TS_FFI_ASSUME_ATS says about ts_lua's layouts.
+    if unsafe { ts_fn!(TSTrafficServerVersionGetMajor)() } != 9 {
+        return Err(Code::UnsupportedVersion);
+    }
     Ok(unsafe { ts_fn!(TSHttpTxnAborted)(txn) } == TSReturnCode_TS_SUCCESS)
 }
 
@@ -82,8 +87,20 @@ pub extern "C" fn ts_ffi_txn_is_aborted(rec: *const CtxRec, out: *mut c_int) -> 
 }
 fast_fn!(fast_is_aborted, |t| is_aborted(t).map(Val::from));
 
-/// TSHttpTxnNextHopAddrGet: the address text into `ip` (NUL-terminated, `ip_len` bytes
-/// available), the port and the family (4 or 6). `Declined` before a next hop is chosen.
+/// TSHttpTxnNextHopAddrGet; `Declined` before a next hop is chosen.
+fn next_hop_addr(txn: TSHttpTxn) -> Result<std::net::SocketAddr, Code> {
+    let sa = unsafe { ts_fn!(TSHttpTxnNextHopAddrGet)(txn) } as *const libc::sockaddr;
+    // SAFETY: ATS returns null or the address of its server info, sized for its family.
+    let next = unsafe { addr::from_sockaddr(sa) }.ok_or(Code::Declined)?;
+    // An intercepted transaction has a server entry with no address: no next hop.
+    if next.ip().is_unspecified() {
+        return Err(Code::Declined);
+    }
+    Ok(next)
+}
+
+/// The next hop: the address text into `ip` (NUL-terminated, `ip_len` bytes available), the
+/// port and the family (4 or 6).
 #[unsafe(no_mangle)]
 pub extern "C" fn ts_ffi_txn_next_hop_addr(
     rec: *const CtxRec,
@@ -93,14 +110,7 @@ pub extern "C" fn ts_ffi_txn_next_hop_addr(
     family: *mut c_int,
 ) -> c_int {
     guard(|| {
-        let txn = txn_of(rec)?;
-        let sa = unsafe { ts_fn!(TSHttpTxnNextHopAddrGet)(txn) } as *const libc::sockaddr;
-        // SAFETY: ATS returns null or the address of its server info, sized for its family.
-        let next = unsafe { addr::from_sockaddr(sa) }.ok_or(Code::Declined)?;
-        // An intercepted transaction has a server entry with no address: no next hop.
-        if next.ip().is_unspecified() {
-            return Err(Code::Declined);
-        }
+        let next = next_hop_addr(txn_of(rec)?)?;
         if ip.is_null() {
             return Err(Code::BadArg);
         }
@@ -113,9 +123,31 @@ pub extern "C" fn ts_ffi_txn_next_hop_addr(
         put(family, if next.is_ipv4() { 4 } else { 6 })
     })
 }
+fast_fn!(fast_next_hop_addr, |t| next_hop_addr(t).map(Val::Addr));
 
 /// TSRemapFromUrlGet (`which` 0) or TSRemapToUrlGet (1) + TSUrlStringGet: a string ATS
-/// allocated, to be freed with `ts_ffi_free`. `Declined` when no remap rule matched.
+/// allocated (free it with TSfree) and its length. `Declined` when no remap rule matched.
+fn remap_url(txn: TSHttpTxn, which: c_int) -> Result<(*mut c_char, c_int), Code> {
+    let get = match which {
+        0 => ts_fn!(TSRemapFromUrlGet),
+        1 => ts_fn!(TSRemapToUrlGet),
+        _ => return Err(Code::BadArg),
+    };
+    let to_string = ts_fn!(TSUrlStringGet);
+    let mut loc: TSMLoc = std::ptr::null_mut();
+    if unsafe { get(txn, &mut loc) } != TSReturnCode_TS_SUCCESS || loc.is_null() {
+        return Err(Code::Declined);
+    }
+    let mut n: c_int = 0;
+    // bufp is unused by ATS 9.2 for URLs (it may be null).
+    let s = unsafe { to_string(std::ptr::null_mut(), loc, &mut n) };
+    if s.is_null() || n < 0 {
+        return Err(Code::Declined);
+    }
+    Ok((s, n))
+}
+
+/// The remap URL as a string ATS allocated, to be freed with `ts_ffi_free`.
 #[unsafe(no_mangle)]
 pub extern "C" fn ts_ffi_txn_remap_url(
     rec: *const CtxRec,
@@ -124,27 +156,13 @@ pub extern "C" fn ts_ffi_txn_remap_url(
     len: *mut c_int,
 ) -> c_int {
     guard(|| {
-        let txn = txn_of(rec)?;
-        let get = match which {
-            0 => ts_fn!(TSRemapFromUrlGet),
-            1 => ts_fn!(TSRemapToUrlGet),
-            _ => return Err(Code::BadArg),
-        };
-        let to_string = ts_fn!(TSUrlStringGet);
-        let mut loc: TSMLoc = std::ptr::null_mut();
-        if unsafe { get(txn, &mut loc) } != TSReturnCode_TS_SUCCESS || loc.is_null() {
-            return Err(Code::Declined);
-        }
-        let mut n: c_int = 0;
-        // bufp is unused by ATS 9.2 for URLs (it may be null).
-        let s = unsafe { to_string(std::ptr::null_mut(), loc, &mut n) };
-        if s.is_null() {
-            return Err(Code::Declined);
-        }
+        let (s, n) = remap_url(txn_of(rec)?, which)?;
         put(len, n)?;
         put(out, s)
     })
 }
+fast_fn!(fast_remap_from_url, |t| remap_url(t, 0).map(|(s, n)| Val::TsStr(s, n as usize)));
+fast_fn!(fast_remap_to_url, |t| remap_url(t, 1).map(|(s, n)| Val::TsStr(s, n as usize)));
 
 /// Frees memory ATS allocated for a result (TSfree).
 #[unsafe(no_mangle)]

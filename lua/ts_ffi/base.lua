@@ -10,8 +10,10 @@ local ffi_cast, ffi_gc = ffi.cast, ffi.gc
 
 -- Shared declarations; each area module declares its own flat functions, which take the
 -- checked record of the transaction context first and return a code.
+-- ts_ffi_ctx is the head of the Rust CtxRec (src/ctx.rs, repr(C)): read only by the JIT path
+-- of the cheapest calls (`ts_fn` below).
 ffi.cdef [[
-typedef struct ts_ffi_ctx ts_ffi_ctx;
+typedef struct ts_ffi_ctx { const uint8_t alive; void * const *txn_slot; } ts_ffi_ctx;
 void ts_ffi_ctx_release(const ts_ffi_ctx *rec);
 ]]
 
@@ -161,6 +163,20 @@ function _M.fast(name, impl)
     return bind(name, impl) or impl
   end
   return impl
+end
+
+-- The JIT path of the cheapest calls (a TS* getter costs ~1 ns, so an extra call into Rust
+-- would double it): a public function checks the record itself (`rec.alive ~= 0`, then
+-- `rec.txn_slot[0] ~= nil`: the same two checks as CtxRec::txn) and calls the TS* function
+-- through this typed pointer; anything else goes through its flat Rust function, which
+-- answers every error. nil with the JIT off (src/fast.rs serves that path) or when this
+-- process lacks the function.
+function _M.ts_fn(name, ctype)
+  if interpreted then
+    return nil
+  end
+  local addr = native.ts_addr(name)
+  return addr and ffi_cast(ctype, addr) or nil
 end
 
 -- Raises unless the call had no arguments.

@@ -13,9 +13,22 @@ local i64 = ffi.new("int64_t[1]")
 
 local _M = {}
 
+local TxnSsnGet = base.ts_fn("TSHttpTxnSsnGet", "void *(*)(void *)")
+local SsnIdGet = base.ts_fn("TSHttpSsnIdGet", "int64_t (*)(void *)")
+
 _M.id = fast("ssn_id", function(...)
   no_args("ts_ffi.ssn.id", ...)
-  local rc = C.ts_ffi_ssn_id(get_ctx("ts_ffi.ssn.id"), i64)
+  local rec = get_ctx("ts_ffi.ssn.id")
+  if SsnIdGet and TxnSsnGet and rec.alive ~= 0 then -- JIT path (base.ts_fn)
+    local txnp = rec.txn_slot[0]
+    if txnp ~= nil then
+      local ssn = TxnSsnGet(txnp)
+      if ssn ~= nil then
+        return tonumber(SsnIdGet(ssn))
+      end
+    end
+  end
+  local rc = C.ts_ffi_ssn_id(rec, i64)
   if rc ~= 0 then
     return fail("ts_ffi.ssn.id", rc, "TSHttpSsnIdGet", "no client session")
   end

@@ -28,9 +28,18 @@ local ipbuf = ffi.new("char[64]")
 
 local _M = {}
 
+local TxnIdGet = base.ts_fn("TSHttpTxnIdGet", "uint64_t (*)(void *)")
+
 _M.id = fast("txn_id", function(...)
   no_args("ts_ffi.txn.id", ...)
-  local rc = C.ts_ffi_txn_id(get_ctx("ts_ffi.txn.id"), i64)
+  local rec = get_ctx("ts_ffi.txn.id")
+  if TxnIdGet and rec.alive ~= 0 then -- JIT path (base.ts_fn)
+    local txnp = rec.txn_slot[0]
+    if txnp ~= nil then
+      return tonumber(TxnIdGet(txnp))
+    end
+  end
+  local rc = C.ts_ffi_txn_id(rec, i64)
   if rc ~= 0 then
     return fail("ts_ffi.txn.id", rc, "TSHttpTxnIdGet")
   end
@@ -46,32 +55,52 @@ _M.client_fd = fast("txn_client_fd", function(...)
   return int[0]
 end)
 
+local ServerFdGet = base.ts_fn("TSHttpTxnServerFdGet", "int (*)(void *, int *)")
+
 _M.server_fd = fast("txn_server_fd", function(...)
   no_args("ts_ffi.txn.server_fd", ...)
-  local rc = C.ts_ffi_txn_server_fd(get_ctx("ts_ffi.txn.server_fd"), int)
+  local rec = get_ctx("ts_ffi.txn.server_fd")
+  if ServerFdGet and rec.alive ~= 0 then -- JIT path (base.ts_fn)
+    local txnp = rec.txn_slot[0]
+    if txnp ~= nil and ServerFdGet(txnp, int) == 0 and int[0] >= 0 then
+      return int[0]
+    end
+  end
+  local rc = C.ts_ffi_txn_server_fd(rec, int)
   if rc ~= 0 then
     return fail("ts_ffi.txn.server_fd", rc, "TSHttpTxnServerFdGet", "no origin connection")
   end
   return int[0]
 end)
 
+-- TSHttpTxnAborted gains an argument in ATS 10: the one-argument call only on 9.x.
+local TxnAborted = base.native.info_version_number() == 9
+  and base.ts_fn("TSHttpTxnAborted", "int (*)(void *)") or nil
+
 _M.is_aborted = fast("txn_is_aborted", function(...)
   no_args("ts_ffi.txn.is_aborted", ...)
-  local rc = C.ts_ffi_txn_is_aborted(get_ctx("ts_ffi.txn.is_aborted"), int)
+  local rec = get_ctx("ts_ffi.txn.is_aborted")
+  if TxnAborted and rec.alive ~= 0 then -- JIT path (base.ts_fn); TS_SUCCESS (0): aborted
+    local txnp = rec.txn_slot[0]
+    if txnp ~= nil then
+      return TxnAborted(txnp) == 0
+    end
+  end
+  local rc = C.ts_ffi_txn_is_aborted(rec, int)
   if rc ~= 0 then
     return fail("ts_ffi.txn.is_aborted", rc, "TSHttpTxnAborted")
   end
   return int[0] == 1
 end)
 
-function _M.next_hop_addr(...)
+_M.next_hop_addr = fast("txn_next_hop_addr", function(...)
   no_args("ts_ffi.txn.next_hop_addr", ...)
   local rc = C.ts_ffi_txn_next_hop_addr(get_ctx("ts_ffi.txn.next_hop_addr"), ipbuf, 64, int, int2)
   if rc ~= 0 then
     return fail("ts_ffi.txn.next_hop_addr", rc, "TSHttpTxnNextHopAddrGet", "no next hop chosen yet")
   end
   return ffi_string(ipbuf), int[0], int2[0] == 4 and "inet" or "inet6"
-end
+end)
 
 local function remap_url(fname, which, tsfn)
   local rc = C.ts_ffi_txn_remap_url(get_ctx(fname), which, str, int)
@@ -83,15 +112,15 @@ local function remap_url(fname, which, tsfn)
   return url
 end
 
-function _M.remap_from_url(...)
+_M.remap_from_url = fast("txn_remap_from_url", function(...)
   no_args("ts_ffi.txn.remap_from_url", ...)
   return remap_url("ts_ffi.txn.remap_from_url", 0, "TSRemapFromUrlGet")
-end
+end)
 
-function _M.remap_to_url(...)
+_M.remap_to_url = fast("txn_remap_to_url", function(...)
   no_args("ts_ffi.txn.remap_to_url", ...)
   return remap_url("ts_ffi.txn.remap_to_url", 1, "TSRemapToUrlGet")
-end
+end)
 
 local TOO_LATE = "too late: the origin connection exists or the client has gone"
 
