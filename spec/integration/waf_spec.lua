@@ -270,6 +270,42 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
   end)
 end)
 
+describe("ts_ffi.waf with ATS's default post_copy_size (2048 bytes)", function()
+  local sb
+
+  setup(function()
+    sb = ats.start { remap = { ["waf.test"] = S .. "waf.lua" }, start_timeout = 30 }
+  end)
+
+  teardown(function()
+    if sb then sb:stop() end
+  end)
+
+  local function post(body, chunked)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(body)
+    f:close()
+    local res = sb:get("waf.test", "/echo", { curl = BROWSER .. " -X POST -H 'Expect:'"
+      .. " -H 'Content-Type: application/x-www-form-urlencoded' --data-binary @" .. path
+      .. (chunked and " -H 'Transfer-Encoding: chunked'" or "") })
+    os.remove(path)
+    return res
+  end
+
+  it("the effective limit is post_copy_size: a larger Content-Length gets 413", function()
+    assert.equal(413, post("name=" .. string.rep("a", 3000)).status)
+    assert.equal(200, post("name=" .. string.rep("a", 1000)).status)
+  end)
+
+  it("a larger chunked body is cut off by ATS itself (no response); the proxy keeps serving", function()
+    assert.equal(0, post("name=" .. string.rep("a", 3000), true).status)
+    assert.is_true(sb:alive())
+    assert.equal(200, sb:get("waf.test", "/after", { curl = BROWSER }).status)
+    assert.equal(403, post("id=1%27%20OR%20%271%27%3D%271", true).status)
+  end)
+end)
+
 describe("ts_ffi.waf from do_global_read_request", function()
   local sb
 
