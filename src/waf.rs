@@ -9,7 +9,9 @@
 //! Transactions: `engine:protect()` copies the request line and headers at once (in
 //! `do_remap` or `do_global_read_request`, before remapping rewrites them) and adds one
 //! continuation to the transaction's hooks (POST_REMAP, READ_RESPONSE_HDR, TXN_CLOSE, and
-//! SEND_RESPONSE_HDR when a response must be rewritten). At each hook the transaction waits
+//! SEND_RESPONSE_HDR when a response must be rewritten). A request with a body also gets ATS
+//! request buffering and REQUEST_BUFFER_READ_COMPLETE, where the whole body (de-chunked, at
+//! most `request_body_limit` bytes, else 413) is handed to libmodsecurity's phase 2. At each hook the transaction waits
 //! while a job runs libmodsecurity on an ATS task thread (TS_THREAD_POOL_TASK, never a network
 //! thread); the verdict comes back to the transaction's own thread through a continuation
 //! with its own mutex, which then touches the transaction and re-enables it.
