@@ -793,7 +793,7 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
                     return Ok(true);
                 }
                 Some(r) => {
-                    let body = r.has_body();
+                    let body = r.has_body() && t.body_limit != i64::MAX;
                     lock(&t.inner).body_pending = body;
                     Phase::Request(r, !body)
                 }
@@ -922,6 +922,8 @@ unsafe fn read_body(t: &WafTxn, txn: TSHttpTxn) -> Result<Vec<u8>, i32> {
 /// Flag bits of `ts_ffi_waf_protect`.
 pub const FLAG_FAIL_OPEN: c_int = 1;
 pub const FLAG_NO_RESPONSE: c_int = 2;
+/// No request body inspection (no ATS request buffering): phase 2 runs without the body.
+pub const FLAG_NO_REQUEST_BODY: c_int = 4;
 
 fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) -> Result<(), Code> {
     let txn = ctx::txn_of(rec)?;
@@ -962,11 +964,12 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) ->
         ts_fn!(TSIOBufferReaderFree),
     );
     let config_set = ts_fn!(TSHttpTxnConfigIntSet);
-    let body_limit = body_limit.min(post_copy_size());
+    let no_body = flags & FLAG_NO_REQUEST_BODY != 0;
+    let body_limit = if no_body { i64::MAX } else { body_limit.min(post_copy_size()) };
     msc::get().map_err(|_| Code::Declined)?;
     unsafe {
         let req = capture_request(txn)?;
-        let (has_body, chunked) = (req.has_body(), req.chunked);
+        let (has_body, chunked) = (req.has_body() && !no_body, req.chunked);
         // ATS reads the whole body before REQUEST_BUFFER_READ_COMPLETE (a Content-Length over
         // the limit is refused at POST_REMAP, before ATS reads it).
         if has_body
@@ -1052,6 +1055,7 @@ pub fn register(lua: &Lua, m: &Table) -> LuaResult<()> {
     )?;
     m.set("waf_flag_fail_open", FLAG_FAIL_OPEN)?;
     m.set("waf_flag_no_response", FLAG_NO_RESPONSE)?;
+    m.set("waf_flag_no_request_body", FLAG_NO_REQUEST_BODY)?;
     Ok(())
 }
 

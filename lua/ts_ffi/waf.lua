@@ -76,6 +76,7 @@ function _M.new(spec, ...)
 end
 
 local FAIL_OPEN, NO_RESPONSE = native.waf_flag_fail_open, native.waf_flag_no_response
+local NO_REQUEST_BODY = native.waf_flag_no_request_body
 local floor = math.floor
 
 -- Largest request body (decoded bytes) inspected by default; larger ones are answered 413.
@@ -106,6 +107,11 @@ function Engine:protect(opts, ...)
           throw(fname, "bad response (a boolean expected, got " .. describe(v) .. ")", 1)
         end
         if not v then flags = bor(flags, NO_RESPONSE) end
+      elseif k == "request_body" then
+        if type(v) ~= "boolean" then
+          throw(fname, "bad request_body (a boolean expected, got " .. describe(v) .. ")", 1)
+        end
+        if not v then flags = bor(flags, NO_REQUEST_BODY) end
       elseif k == "request_body_limit" then
         if type(v) ~= "number" or v < 0 or v ~= floor(v) or v > 2^53 then
           throw(fname, "bad request_body_limit (a byte count >= 0 expected, got " .. describe(v) .. ")", 1)

@@ -39,7 +39,8 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
   setup(function()
     sb = ats.start {
       remap = { ["waf.test"] = S .. "waf.lua", ["plain.test"] = {},
-                ["small.test"] = { S .. "waf.lua", "limit=2048" } },
+                ["small.test"] = { S .. "waf.lua", "limit=2048" },
+                ["nobody.test"] = { S .. "waf.lua", "nobody" } },
       records = FAST_LOG,
       start_timeout = 30,
     }
@@ -186,6 +187,12 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
     it("libmodsecurity's own SecRequestBodyNoFilesLimit (128 KiB in the base conf) still applies", function()
       local res = post("waf.test", "application/x-www-form-urlencoded", "name=" .. string.rep("b", 200 * 1024))
       assert.is_true(res.status == 400 or res.status == 413, tostring(res.status))
+    end)
+
+    it("request_body = false: no buffering, the body is not inspected, the query still is", function()
+      local res = post("nobody.test", "application/x-www-form-urlencoded", "id=1%27%20OR%20%271%27%3D%271")
+      assert.equal(200, res.status, res.body)
+      assert.equal(403, sb:get("nobody.test", "/item?id=1%27%20OR%20%271%27=%271", { curl = BROWSER }).status)
     end)
 
     it("the proxy keeps serving", function()

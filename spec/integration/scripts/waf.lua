@@ -32,6 +32,7 @@ function __init__(args)
     if a == "open" then opts.fail = "open" end
     local limit = a:match("^limit=(%d+)$")
     if limit then opts.request_body_limit = tonumber(limit) end
+    if a == "nobody" then opts.request_body = false end
   end
   return 0
 end
