@@ -118,6 +118,11 @@ const TS_FUNCTIONS: &[&str] = &[
     "TSMimeHdrFieldAppend",
     "TSTextLogObjectCreate",
     "TSTextLogObjectWrite",
+    "TSHttpTxnConfigIntSet",
+    "TSHttpTxnPostBufferReaderGet",
+    "TSIOBufferReaderCopy",
+    "TSIOBufferReaderFree",
+    "TSMgmtIntGet",
 ];
 
 fn main() {

@@ -9,7 +9,9 @@
 //! Transactions: `engine:protect()` copies the request line and headers at once (in
 //! `do_remap` or `do_global_read_request`, before remapping rewrites them) and adds one
 //! continuation to the transaction's hooks (POST_REMAP, READ_RESPONSE_HDR, TXN_CLOSE, and
-//! SEND_RESPONSE_HDR when a response must be rewritten). At each hook the transaction waits
+//! SEND_RESPONSE_HDR when a response must be rewritten). A request with a body also gets ATS
+//! request buffering and REQUEST_BUFFER_READ_COMPLETE, where the whole body (de-chunked, at
+//! most `request_body_limit` bytes, else 413) is handed to libmodsecurity's phase 2. At each hook the transaction waits
 //! while a job runs libmodsecurity on an ATS task thread (TS_THREAD_POOL_TASK, never a network
 //! thread); the verdict comes back to the transaction's own thread through a continuation
 //! with its own mutex, which then touches the transaction and re-enables it.
@@ -192,6 +194,60 @@ struct Request {
     uri: String,
     version: String,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Content-Length as sent (None: absent or unreadable).
+    content_length: Option<i64>,
+    /// Transfer-Encoding ends in `chunked`.
+    chunked: bool,
+}
+
+impl Request {
+    /// Whether ATS will buffer a body for this request (as HTTP/1.x decides it).
+    fn has_body(&self) -> bool {
+        self.chunked || self.content_length.is_some_and(|n| n > 0)
+    }
+
+    fn framing_of(headers: &[(Vec<u8>, Vec<u8>)]) -> (Option<i64>, bool) {
+        let (mut cl, mut chunked) = (None, false);
+        for (k, v) in headers {
+            if k.eq_ignore_ascii_case(b"content-length") {
+                cl = std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<i64>().ok());
+            } else if k.eq_ignore_ascii_case(b"transfer-encoding") {
+                let last = v.rsplit(|&b| b == b',').next().unwrap_or(&[]);
+                chunked = String::from_utf8_lossy(last).trim().eq_ignore_ascii_case("chunked");
+            }
+        }
+        (cl, chunked)
+    }
+}
+
+/// Decodes a chunked body (chunk extensions and trailers are skipped). `None`: malformed or
+/// incomplete.
+pub fn dechunk(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    let line_end = |from: usize| -> Option<usize> {
+        raw.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|i| from + i)
+    };
+    loop {
+        let end = line_end(pos)?;
+        let line = raw.get(pos..end)?;
+        let hex = line.split(|&b| b == b';').next().unwrap_or(&[]);
+        let hex = std::str::from_utf8(hex).ok()?.trim();
+        if hex.is_empty() || hex.len() > 15 {
+            return None;
+        }
+        let size = usize::from_str_radix(hex, 16).ok()?;
+        pos = end + 2;
+        if size == 0 {
+            return Some(out);
+        }
+        let data_end = pos.checked_add(size)?;
+        out.extend_from_slice(raw.get(pos..data_end)?);
+        if raw.get(data_end..data_end + 2)? != b"\r\n" {
+            return None;
+        }
+        pos = data_end + 2;
+    }
 }
 
 struct Response {
@@ -237,6 +293,8 @@ struct Inner {
     decided: bool,
     /// The request as captured by `protect`, until the request phase takes it.
     request: Option<Request>,
+    /// The request body phase (2) waits for REQUEST_BUFFER_READ_COMPLETE.
+    body_pending: bool,
 }
 
 // SAFETY: the libmodsecurity transaction is only used under the `inner` mutex.
@@ -263,10 +321,17 @@ struct WafTxn {
     closed: AtomicBool,
     /// The hook continuation (to add SEND_RESPONSE_HDR later), as an address.
     hook_cont: usize,
+    /// Largest request body inspected (decoded bytes); beyond it the answer is 413.
+    body_limit: i64,
+    /// The request body is chunk-encoded in ATS's buffer.
+    chunked: bool,
 }
 
 enum Phase {
-    Request(Request),
+    /// Connection, URI, headers; and phase 2 (without a body) when `.1` is true.
+    Request(Request, bool),
+    /// The decoded request body, then phase 2.
+    Body(Vec<u8>),
     Response(Response),
     Close { status: i32 },
 }
@@ -299,6 +364,9 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
         if matches!(phase, Phase::Close { .. }) {
             return Verdict::Allow;
         }
+        if matches!(phase, Phase::Body(_)) {
+            return Verdict::Fail("no transaction for the body phase".into());
+        }
         if fault_injected() {
             return Verdict::Fail("fault injected (TS_FFI_WAF_FAULT=engine)".into());
         }
@@ -323,7 +391,7 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
     };
     unsafe {
         match phase {
-            Phase::Request(r) => {
+            Phase::Request(r, body_phase) => {
                 let (ci, si) = (cstr(&r.client.0), cstr(&r.server.0));
                 (f.msc_process_connection)(tx, ci.as_ptr(), r.client.1.into(), si.as_ptr(), r.server.1.into());
                 if let Some(v) = check() {
@@ -341,8 +409,21 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
                 if let Some(v) = check() {
                     return v;
                 }
-                // Phase 2 (ARGS from the query string among others); the body is not appended
-                // yet (see README: request bodies are not inspected in this version).
+                if !*body_phase {
+                    // Phase 2 runs with the body, at REQUEST_BUFFER_READ_COMPLETE.
+                    return Verdict::Allow;
+                }
+                // Phase 2 without a body (ARGS from the query string among others).
+                (f.msc_process_request_body)(tx);
+                check().unwrap_or(Verdict::Allow)
+            }
+            Phase::Body(body) => {
+                if !body.is_empty() {
+                    (f.msc_append_request_body)(tx, body.as_ptr(), body.len());
+                    if let Some(v) = check() {
+                        return v;
+                    }
+                }
                 (f.msc_process_request_body)(tx);
                 check().unwrap_or(Verdict::Allow)
             }
@@ -458,6 +539,11 @@ unsafe extern "C" fn result_handler(contp: TSCont, _event: TSEvent, _edata: *mut
 
 const DENY_BODY: &str = "<html><head><title>Forbidden</title></head><body><h1>Request denied</h1>\
 <p>This request was blocked by the web application firewall.</p></body></html>\n";
+const TOO_LARGE_BODY: &str = "<html><head><title>Request Entity Too Large</title></head><body>\
+<h1>Request Entity Too Large</h1><p>The request body is larger than the web application firewall \
+inspects.</p></body></html>\n";
+const BAD_BODY: &str = "<html><head><title>Bad Request</title></head><body><h1>Bad Request</h1>\
+<p>The request body's chunked encoding is malformed.</p></body></html>\n";
 
 /// Applies a verdict on the transaction's thread and re-enables it.
 unsafe fn apply(t: &WafTxn, txn: TSHttpTxn, verdict: Verdict) -> Result<(), Code> {
@@ -487,9 +573,14 @@ unsafe fn apply(t: &WafTxn, txn: TSHttpTxn, verdict: Verdict) -> Result<(), Code
             lock(&t.inner).rewrite = Some((status, location));
             ts_fn!(TSHttpTxnHookAdd)(txn, sys::TSHttpHookID_TS_HTTP_SEND_RESPONSE_HDR_HOOK, t.hook_cont as TSCont);
         }
-        let body = strdup(DENY_BODY.as_ptr() as *const c_char, DENY_BODY.len() as i64, c"ts_ffi_waf".as_ptr());
+        let text = match status {
+            413 => TOO_LARGE_BODY,
+            400 => BAD_BODY,
+            _ => DENY_BODY,
+        };
+        let body = strdup(text.as_ptr() as *const c_char, text.len() as i64, c"ts_ffi_waf".as_ptr());
         let mime = strdup(c"text/html".as_ptr(), -1, c"ts_ffi_waf".as_ptr());
-        body_set(txn, body, DENY_BODY.len(), mime);
+        body_set(txn, body, text.len(), mime);
         reenable(txn, sys::TSEvent_TS_EVENT_HTTP_ERROR);
     }
     Ok(())
@@ -583,6 +674,7 @@ unsafe fn capture_request(txn: TSHttpTxn) -> Result<Request, Code> {
         }
         r.uri = uri;
         r.headers = headers_of(buf, hdr)?;
+        (r.content_length, r.chunked) = Request::framing_of(&r.headers);
         release(buf, std::ptr::null_mut(), hdr);
         r.client = addr_of(client_addr(txn) as *const libc::sockaddr);
         r.server = addr_of(incoming_addr(txn) as *const libc::sockaddr);
@@ -674,6 +766,12 @@ unsafe extern "C" fn hook_handler(contp: TSCont, event: TSEvent, edata: *mut c_v
     0
 }
 
+/// The event HttpSM 9.2 passes at TS_HTTP_REQUEST_BUFFER_READ_COMPLETE_HOOK: it invokes every
+/// hook with TS_EVENT_HTTP_READ_REQUEST_HDR + the hook id (60029), not with
+/// TS_EVENT_HTTP_REQUEST_BUFFER_COMPLETE (60018) as apidefs.h suggests (HttpSM::state_api_callout).
+const REQUEST_BUFFER_EVENT: TSEvent =
+    sys::TSEvent_TS_EVENT_HTTP_READ_REQUEST_HDR + sys::TSHttpHookID_TS_HTTP_REQUEST_BUFFER_READ_COMPLETE_HOOK as TSEvent;
+
 /// Handles one hook; `Ok(true)` when the transaction was handed over (a job re-enables it).
 unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool, Code> {
     let data = unsafe { ts_fn!(TSContDataGet)(contp) } as *const WafTxn;
@@ -687,8 +785,37 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
         sys::TSEvent_TS_EVENT_HTTP_POST_REMAP => {
             let req = lock(&t.inner).request.take();
             match req {
-                Some(r) => Phase::Request(r),
+                Some(r) if r.content_length.is_some_and(|n| n > t.body_limit) => {
+                    audit(t.id, &format!("request body of {} bytes over the limit of {}: 413",
+                        r.content_length.unwrap_or(0), t.body_limit));
+                    lock(&t.inner).decided = true;
+                    unsafe { apply(t, txn, Verdict::Deny { status: 413 })? };
+                    return Ok(true);
+                }
+                Some(r) => {
+                    let body = r.has_body() && t.body_limit != i64::MAX;
+                    lock(&t.inner).body_pending = body;
+                    Phase::Request(r, !body)
+                }
                 None => return Ok(false),
+            }
+        }
+        REQUEST_BUFFER_EVENT => {
+            {
+                let mut inner = lock(&t.inner);
+                if inner.decided || !inner.body_pending {
+                    return Ok(false);
+                }
+                inner.body_pending = false;
+            }
+            match unsafe { read_body(t, txn) } {
+                Ok(body) => Phase::Body(body),
+                Err(status) => {
+                    audit(t.id, &format!("request body refused: {status}"));
+                    lock(&t.inner).decided = true;
+                    unsafe { apply(t, txn, Verdict::Deny { status })? };
+                    return Ok(true);
+                }
             }
         }
         sys::TSEvent_TS_EVENT_HTTP_READ_RESPONSE_HDR => {
@@ -740,13 +867,65 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
     }
 }
 
+/// ATS's own bound on its request buffer (proxy.config.http.post_copy_size, a global record,
+/// 2048 bytes by default): HttpTunnel fails a buffered body larger than this, so the
+/// effective limit is the smaller of it and `request_body_limit`.
+fn post_copy_size() -> i64 {
+    let Ok(get) = (|| Ok::<_, Code>(ts_fn!(TSMgmtIntGet)))() else { return i64::MAX };
+    let mut v: sys::TSMgmtInt = 0;
+    // SAFETY: reads one integer record into `v`.
+    if unsafe { get(c"proxy.config.http.post_copy_size".as_ptr(), &mut v) } == sys::TSReturnCode_TS_SUCCESS && v >= 0 {
+        v
+    } else {
+        i64::MAX
+    }
+}
+
+/// Copies the buffered request body (on the transaction's thread), decoded; `Err(status)`:
+/// 413 over the limit, 400 malformed chunked encoding.
+unsafe fn read_body(t: &WafTxn, txn: TSHttpTxn) -> Result<Vec<u8>, i32> {
+    let fns = (|| {
+        Ok::<_, Code>((
+            ts_fn!(TSHttpTxnPostBufferReaderGet),
+            ts_fn!(TSIOBufferReaderAvail),
+            ts_fn!(TSIOBufferReaderCopy),
+            ts_fn!(TSIOBufferReaderFree),
+        ))
+    })();
+    let Ok((reader_get, avail, copy, free)) = fns else { return Err(503) };
+    let limit = t.body_limit.max(0);
+    // Raw bytes worth reading: the limit, plus room for chunk framing.
+    let cap = if t.chunked { limit.saturating_mul(2).saturating_add(65536) } else { limit };
+    unsafe {
+        let reader = reader_get(txn);
+        if reader.is_null() {
+            return Ok(Vec::new());
+        }
+        let n = avail(reader).max(0);
+        let result = if n > cap {
+            Err(413)
+        } else {
+            let mut raw = vec![0u8; n as usize];
+            let got = copy(reader, raw.as_mut_ptr() as *mut c_void, n).clamp(0, n);
+            raw.truncate(got as usize);
+            Ok(raw)
+        };
+        free(reader);
+        let raw = result?;
+        let body = if t.chunked { dechunk(&raw).ok_or(400)? } else { raw };
+        if body.len() as i64 > limit { Err(413) } else { Ok(body) }
+    }
+}
+
 // --- protect ---------------------------------------------------------------------------------
 
 /// Flag bits of `ts_ffi_waf_protect`.
 pub const FLAG_FAIL_OPEN: c_int = 1;
 pub const FLAG_NO_RESPONSE: c_int = 2;
+/// No request body inspection (no ATS request buffering): phase 2 runs without the body.
+pub const FLAG_NO_REQUEST_BODY: c_int = 4;
 
-fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int) -> Result<(), Code> {
+fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) -> Result<(), Code> {
     let txn = ctx::txn_of(rec)?;
     let engine = lookup(engine_id).ok_or(Code::BadArg)?;
     let (create, mutex_get, data_set, hook_add, id_get) = (
@@ -779,10 +958,26 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int) -> Result<(), Code>
         ts_fn!(TSMimeHdrFieldCreateNamed),
         ts_fn!(TSMimeHdrFieldValueStringInsert),
         ts_fn!(TSMimeHdrFieldAppend),
+        ts_fn!(TSHttpTxnPostBufferReaderGet),
+        ts_fn!(TSIOBufferReaderAvail),
+        ts_fn!(TSIOBufferReaderCopy),
+        ts_fn!(TSIOBufferReaderFree),
     );
+    let config_set = ts_fn!(TSHttpTxnConfigIntSet);
+    let no_body = flags & FLAG_NO_REQUEST_BODY != 0;
+    let body_limit = if no_body { i64::MAX } else { body_limit.min(post_copy_size()) };
     msc::get().map_err(|_| Code::Declined)?;
     unsafe {
         let req = capture_request(txn)?;
+        let (has_body, chunked) = (req.has_body() && !no_body, req.chunked);
+        // ATS reads the whole body before REQUEST_BUFFER_READ_COMPLETE (a Content-Length over
+        // the limit is refused at POST_REMAP, before ATS reads it).
+        if has_body
+            && config_set(txn, sys::TSOverridableConfigKey_TS_CONFIG_HTTP_REQUEST_BUFFER_ENABLED, 1)
+                != sys::TSReturnCode_TS_SUCCESS
+        {
+            return Err(Code::Internal);
+        }
         let cont = create(Some(hook_handler), mutex_get(txn as TSCont));
         if cont.is_null() {
             return Err(Code::Internal);
@@ -791,12 +986,23 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int) -> Result<(), Code>
             engine,
             id: id_get(txn),
             fail_open: flags & FLAG_FAIL_OPEN != 0,
-            inner: Mutex::new(Inner { msc: std::ptr::null_mut(), rewrite: None, decided: false, request: Some(req) }),
+            inner: Mutex::new(Inner {
+                msc: std::ptr::null_mut(),
+                rewrite: None,
+                decided: false,
+                request: Some(req),
+                body_pending: false,
+            }),
             closed: AtomicBool::new(false),
             hook_cont: cont as usize,
+            body_limit,
+            chunked,
         });
         data_set(cont, Arc::into_raw(t) as *mut c_void);
         hook_add(txn, sys::TSHttpHookID_TS_HTTP_POST_REMAP_HOOK, cont);
+        if has_body {
+            hook_add(txn, sys::TSHttpHookID_TS_HTTP_REQUEST_BUFFER_READ_COMPLETE_HOOK, cont);
+        }
         if flags & FLAG_NO_RESPONSE == 0 {
             hook_add(txn, sys::TSHttpHookID_TS_HTTP_READ_RESPONSE_HDR_HOOK, cont);
         }
@@ -805,11 +1011,12 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int) -> Result<(), Code>
     Ok(())
 }
 
-/// `ts_ffi_waf_protect(rec, engine_id, flags)`: inspects the running transaction with the
-/// engine (see the module docs). `BadArg`: no such engine.
+/// `ts_ffi_waf_protect(rec, engine_id, flags, body_limit)`: inspects the running transaction
+/// with the engine (see the module docs); request bodies up to `body_limit` decoded bytes.
+/// `BadArg`: no such engine.
 #[unsafe(no_mangle)]
-pub extern "C" fn ts_ffi_waf_protect(rec: *const CtxRec, engine_id: u32, flags: c_int) -> c_int {
-    codes::guard(|| protect(rec, engine_id, flags))
+pub extern "C" fn ts_ffi_waf_protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) -> c_int {
+    codes::guard(|| protect(rec, engine_id, flags, body_limit))
 }
 
 // --- Lua side --------------------------------------------------------------------------------
@@ -848,6 +1055,7 @@ pub fn register(lua: &Lua, m: &Table) -> LuaResult<()> {
     )?;
     m.set("waf_flag_fail_open", FLAG_FAIL_OPEN)?;
     m.set("waf_flag_no_response", FLAG_NO_RESPONSE)?;
+    m.set("waf_flag_no_request_body", FLAG_NO_REQUEST_BODY)?;
     Ok(())
 }
 
@@ -879,6 +1087,26 @@ mod tests {
             verdict_of(true, 403, Some("https://x/".into())),
             Some(Verdict::Redirect { status: 302, url: "https://x/".into() })
         );
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        assert_eq!(dechunk(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n").unwrap(), b"hello world");
+        assert_eq!(dechunk(b"A\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n").unwrap(), b"0123456789");
+        assert_eq!(dechunk(b"0\r\n\r\n").unwrap(), b"");
+        assert_eq!(dechunk(b"5\r\nhel"), None);
+        assert_eq!(dechunk(b"5\r\nhelloXX0\r\n\r\n"), None);
+        assert_eq!(dechunk(b"zz\r\nhello\r\n0\r\n\r\n"), None);
+        assert_eq!(dechunk(b"ffffffffffffffff\r\nx\r\n"), None);
+        assert_eq!(dechunk(b""), None);
+    }
+
+    #[test]
+    fn request_framing() {
+        let h = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        assert_eq!(Request::framing_of(&[h("Content-Length", " 12 ")]), (Some(12), false));
+        assert_eq!(Request::framing_of(&[h("transfer-encoding", "gzip, Chunked")]), (None, true));
+        assert_eq!(Request::framing_of(&[h("Host", "x")]), (None, false));
     }
 
     #[test]
@@ -935,3 +1163,4 @@ mod tests {
         assert!(lookup(id).is_none());
     }
 }
+

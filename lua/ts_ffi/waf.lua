@@ -16,7 +16,7 @@ local bor, getfenv, getmetatable, ipairs, next, rawget, rawset, select, setmetat
   bit.bor, getfenv, getmetatable, ipairs, next, rawget, rawset, select, setmetatable, type
 
 ffi.cdef [[
-int ts_ffi_waf_protect(const ts_ffi_ctx *rec, uint32_t engine_id, int flags);
+int ts_ffi_waf_protect(const ts_ffi_ctx *rec, uint32_t engine_id, int flags, int64_t body_limit);
 ]]
 
 local _M = {}
@@ -76,6 +76,11 @@ function _M.new(spec, ...)
 end
 
 local FAIL_OPEN, NO_RESPONSE = native.waf_flag_fail_open, native.waf_flag_no_response
+local NO_REQUEST_BODY = native.waf_flag_no_request_body
+local floor = math.floor
+
+-- Largest request body (decoded bytes) inspected by default; larger ones are answered 413.
+_M.default_request_body_limit = 1048576
 
 function Engine:protect(opts, ...)
   local fname = "ts_ffi.waf.protect"
@@ -85,7 +90,7 @@ function Engine:protect(opts, ...)
   if select("#", ...) ~= 0 then
     throw(fname, "takes an optional options table", 1)
   end
-  local flags = 0
+  local flags, limit = 0, _M.default_request_body_limit
   if opts ~= nil then
     if type(opts) ~= "table" then
       throw(fname, "bad options (a table expected, got " .. describe(opts) .. ")", 1)
@@ -102,6 +107,16 @@ function Engine:protect(opts, ...)
           throw(fname, "bad response (a boolean expected, got " .. describe(v) .. ")", 1)
         end
         if not v then flags = bor(flags, NO_RESPONSE) end
+      elseif k == "request_body" then
+        if type(v) ~= "boolean" then
+          throw(fname, "bad request_body (a boolean expected, got " .. describe(v) .. ")", 1)
+        end
+        if not v then flags = bor(flags, NO_REQUEST_BODY) end
+      elseif k == "request_body_limit" then
+        if type(v) ~= "number" or v < 0 or v ~= floor(v) or v > 2^53 then
+          throw(fname, "bad request_body_limit (a byte count >= 0 expected, got " .. describe(v) .. ")", 1)
+        end
+        limit = v
       else
         throw(fname, "unknown option " .. describe(k), 1)
       end
@@ -112,7 +127,7 @@ function Engine:protect(opts, ...)
   if rawget(env, KEY) then
     return nil, "this transaction is already protected"
   end
-  local rc = C.ts_ffi_waf_protect(rec, self.id, flags)
+  local rc = C.ts_ffi_waf_protect(rec, self.id, flags, limit)
   if rc ~= 0 then
     if rc == base.codes.declined then
       return nil, "the request cannot be read (or libmodsecurity is not available)"

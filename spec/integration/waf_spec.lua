@@ -1,5 +1,6 @@
 -- ts_ffi.waf inside a real traffic_server with Debian's OWASP CRS (modsecurity-crs 3.3.4):
--- attacks in the query and headers are denied, a clean corpus passes, the talk's custom rule
+-- attacks in the query, headers and request bodies (urlencoded, JSON, multipart, chunked) are
+-- denied, the request body limit answers 413, a clean corpus passes, the talk's custom rule
 -- works, redirects and response-phase denials, rule messages in the audit log, the fail
 -- policy, concurrency, and protect() from a global hook.
 local ats = require "support.ats"
@@ -24,7 +25,9 @@ local function log_has(sb, name, pattern)
 end
 
 -- ATS flushes text logs every 5 s by default; 1 s keeps the log checks short.
-local FAST_LOG = { "CONFIG proxy.config.log.max_secs_per_buffer INT 1" }
+local FAST_LOG = { "CONFIG proxy.config.log.max_secs_per_buffer INT 1",
+  -- ATS's request buffer bound (2048 by default) must cover request_body_limit.
+  "CONFIG proxy.config.http.post_copy_size INT 2097152" }
 
 local BROWSER = "-H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko/20100101 Firefox/115.0'"
   .. " -H 'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8'"
@@ -35,7 +38,9 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
 
   setup(function()
     sb = ats.start {
-      remap = { ["waf.test"] = S .. "waf.lua", ["plain.test"] = {} },
+      remap = { ["waf.test"] = S .. "waf.lua", ["plain.test"] = {},
+                ["small.test"] = { S .. "waf.lua", "limit=2048" },
+                ["nobody.test"] = { S .. "waf.lua", "nobody" } },
       records = FAST_LOG,
       start_timeout = 30,
     }
@@ -86,21 +91,114 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
     end
   end)
 
-  describe("requests with bodies pass (bodies are not inspected yet; no false 400s)", function()
+  -- POSTs `body` (from a file: any bytes) with Content-Type `ctype`; `chunked`: sent with
+  -- Transfer-Encoding: chunked.
+  local function post(host, ctype, body, chunked)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(body)
+    f:close()
+    local res = sb:get(host, "/echo", { curl = BROWSER .. " -X POST -H 'Content-Type: " .. ctype
+      .. "' -H 'Expect:' --data-binary @" .. path
+      .. (chunked and " -H 'Transfer-Encoding: chunked'" or "") })
+    os.remove(path)
+    return res
+  end
+
+  local MP = "multipart/form-data; boundary=XyZ"
+  local function multipart(name, value)
+    return "--XyZ\r\nContent-Disposition: form-data; name=\"" .. name .. "\"\r\n\r\n" .. value
+      .. "\r\n--XyZ--\r\n"
+  end
+
+  describe("clean request bodies pass (inspected, no false positives)", function()
     for _, case in ipairs {
-      { "JSON", "application/json", '{"name":"Ada","tags":["a","b"]}' },
+      { "JSON", "application/json", '{"name":"Ada","tags":["a","b"],"age":36}' },
       { "XML", "application/xml", "<item><name>Ada</name></item>" },
-      { "urlencoded", "application/x-www-form-urlencoded", "name=Ada&lang=en" },
-      { "multipart", "multipart/form-data; boundary=XyZ",
-        "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XyZ--\r\n" },
+      { "urlencoded", "application/x-www-form-urlencoded", "name=Ada+Lovelace&lang=en&page=2" },
+      { "multipart", MP, multipart("comment", "A perfectly normal comment about caching.") },
+      { "multipart file upload", MP, "--XyZ\r\nContent-Disposition: form-data; name=\"f\"; "
+        .. "filename=\"notes.txt\"\r\nContent-Type: text/plain\r\n\r\nhello\nworld\n\r\n--XyZ--\r\n" },
+      { "urlencoded, chunked", "application/x-www-form-urlencoded", "name=Ada&lang=en", true },
     } do
       it(case[1], function()
-        local res = get("/echo", "-X POST -H 'Content-Type: " .. case[2] .. "' --data-binary '"
-          .. case[3] .. "'")
+        local res = post("waf.test", case[2], case[3], case[4])
         assert.equal(200, res.status, res.body)
         assert.equal(case[3], res.body)
       end)
     end
+  end)
+
+  describe("attacks in request bodies are denied with 403", function()
+    for _, case in ipairs {
+      { "SQL injection, urlencoded", "application/x-www-form-urlencoded",
+        "user=admin&id=1%27%20OR%20%271%27%3D%271" },
+      { "SQL injection, JSON", "application/json",
+        '{"id":"1 UNION SELECT username,password FROM users--"}' },
+      { "XSS, JSON", "application/json", '{"comment":"<script>alert(document.cookie)</script>"}' },
+      { "XSS, multipart", MP, multipart("comment", "<script>alert(document.cookie)</script>") },
+      { "RCE, multipart", MP, multipart("host", "127.0.0.1;cat /etc/passwd") },
+      { "RCE, urlencoded", "application/x-www-form-urlencoded", "host=127.0.0.1%3Bcat%20/etc/passwd" },
+      { "SQL injection, urlencoded, chunked", "application/x-www-form-urlencoded",
+        "user=admin&id=1%27%20OR%20%271%27%3D%271", true },
+      { "a phase-2 rule on a body argument", "application/x-www-form-urlencoded", "probe=evil" },
+    } do
+      it(case[1], function()
+        local res = post("waf.test", case[2], case[3], case[4])
+        assert.equal(403, res.status, res.body)
+        assert.truthy(res.body:find("blocked by the web application firewall", 1, true))
+      end)
+    end
+  end)
+
+  describe("request_body_limit (2048 bytes on small.test; post_copy_size 2 MiB)", function()
+    local clean = "name=" .. string.rep("a", 3000)
+
+    it("a Content-Length over the limit is answered 413", function()
+      local res = post("small.test", "application/x-www-form-urlencoded", clean)
+      assert.equal(413, res.status, res.body)
+      assert.truthy(res.body:find("Too Large", 1, true))
+    end)
+
+    it("a chunked body over the limit is answered 413", function()
+      assert.equal(413, post("small.test", "application/x-www-form-urlencoded", clean, true).status)
+    end)
+
+    it("a body within the limit is inspected and passes", function()
+      local body = "name=" .. string.rep("a", 1500)
+      local res = post("small.test", "application/x-www-form-urlencoded", body, true)
+      assert.equal(200, res.status, res.body)
+      assert.equal(body, res.body)
+      assert.equal(403, post("small.test", "application/x-www-form-urlencoded", "probe=evil").status)
+    end)
+
+    it("the default limit (1 MiB) passes a 100 KiB form and a 600 KiB upload", function()
+      local body = "name=" .. string.rep("b", 100 * 1024)
+      local res = post("waf.test", "application/x-www-form-urlencoded", body)
+      assert.equal(200, res.status, res.body)
+      assert.equal(#body, #res.body)
+      body = "--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"big.bin\"\r\n"
+        .. "Content-Type: application/octet-stream\r\n\r\n" .. string.rep("c", 600 * 1024) .. "\r\n--XyZ--\r\n"
+      res = post("waf.test", MP, body)
+      assert.equal(200, res.status, res.body:sub(1, 300))
+      assert.equal(#body, #res.body)
+    end)
+
+    it("libmodsecurity's own SecRequestBodyNoFilesLimit (128 KiB in the base conf) still applies", function()
+      local res = post("waf.test", "application/x-www-form-urlencoded", "name=" .. string.rep("b", 200 * 1024))
+      assert.is_true(res.status == 400 or res.status == 413, tostring(res.status))
+    end)
+
+    it("request_body = false: no buffering, the body is not inspected, the query still is", function()
+      local res = post("nobody.test", "application/x-www-form-urlencoded", "id=1%27%20OR%20%271%27%3D%271")
+      assert.equal(200, res.status, res.body)
+      assert.equal(403, sb:get("nobody.test", "/item?id=1%27%20OR%20%271%27=%271", { curl = BROWSER }).status)
+    end)
+
+    it("the proxy keeps serving", function()
+      assert.is_true(sb:alive())
+      assert.equal(200, get("/after-bodies").status)
+    end)
   end)
 
   describe("attacks are denied with 403", function()
@@ -176,6 +274,42 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
     end
     assert.is_true(sb:alive())
     assert.equal(200, get("/after-load").status)
+  end)
+end)
+
+describe("ts_ffi.waf with ATS's default post_copy_size (2048 bytes)", function()
+  local sb
+
+  setup(function()
+    sb = ats.start { remap = { ["waf.test"] = S .. "waf.lua" }, start_timeout = 30 }
+  end)
+
+  teardown(function()
+    if sb then sb:stop() end
+  end)
+
+  local function post(body, chunked)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(body)
+    f:close()
+    local res = sb:get("waf.test", "/echo", { curl = BROWSER .. " -X POST -H 'Expect:'"
+      .. " -H 'Content-Type: application/x-www-form-urlencoded' --data-binary @" .. path
+      .. (chunked and " -H 'Transfer-Encoding: chunked'" or "") })
+    os.remove(path)
+    return res
+  end
+
+  it("the effective limit is post_copy_size: a larger Content-Length gets 413", function()
+    assert.equal(413, post("name=" .. string.rep("a", 3000)).status)
+    assert.equal(200, post("name=" .. string.rep("a", 1000)).status)
+  end)
+
+  it("a larger chunked body is cut off by ATS itself (no response); the proxy keeps serving", function()
+    assert.equal(0, post("name=" .. string.rep("a", 3000), true).status)
+    assert.is_true(sb:alive())
+    assert.equal(200, sb:get("waf.test", "/after", { curl = BROWSER }).status)
+    assert.equal(403, post("id=1%27%20OR%20%271%27%3D%271", true).status)
   end)
 end)
 

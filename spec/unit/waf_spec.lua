@@ -128,6 +128,10 @@ describe("ts_ffi.waf", function()
         { { fail = "maybe" }, 'bad fail %("open" or "closed" expected, got "maybe"%)' },
         { { response = "yes" }, "bad response %(a boolean expected" },
         { { body = true }, "unknown option \"body\"" },
+        { { request_body = "no" }, "bad request_body %(a boolean expected" },
+        { { request_body_limit = -1 }, "bad request_body_limit %(a byte count >= 0 expected, got %-1%)" },
+        { { request_body_limit = 1.5 }, "bad request_body_limit %(a byte count >= 0 expected" },
+        { { request_body_limit = "1k" }, "bad request_body_limit %(a byte count >= 0 expected" },
       }
       for _, c in ipairs(cases) do
         local ok, err = double.run(thread, function()

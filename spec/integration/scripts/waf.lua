@@ -1,6 +1,6 @@
 -- ts_ffi.waf inside traffic_server (waf_spec.lua): the OWASP CRS from Debian, the talk's
 -- custom rule and a few rules of the spec's own. Remap pparams: "open" (fail-open),
--- "global" (protect from do_global_read_request instead of do_remap).
+-- "limit=N" (request_body_limit).
 local waf = require "ts_ffi.waf"
 
 local engine = assert(waf.new {
@@ -14,6 +14,7 @@ SecRule ARGS:testparam "@contains test" "id:1234,deny,status:403"
 SecRule ARGS:go "@streq away" "id:1235,phase:1,redirect:http://moved.test/elsewhere"
 SecRule REQUEST_HEADERS:X-Waf-Test "@streq teapot" "id:1237,phase:1,deny,status:418"
 SecRule ARGS:drop "@streq me" "id:1238,phase:1,drop"
+SecRule ARGS_POST:probe "@streq evil" "id:1239,phase:2,deny,status:403"
 SecRule RESPONSE_HEADERS:X-Origin-Path "@contains leak-header" \
     "id:1236,phase:3,deny,status:403,msg:'response header leak'"
 ]],
@@ -29,6 +30,9 @@ local opts = {}
 function __init__(args)
   for _, a in ipairs(args) do
     if a == "open" then opts.fail = "open" end
+    local limit = a:match("^limit=(%d+)$")
+    if limit then opts.request_body_limit = tonumber(limit) end
+    if a == "nobody" then opts.request_body = false end
   end
   return 0
 end
