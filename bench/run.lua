@@ -4,6 +4,7 @@
 --
 --   luajit bench/run.lua [--runs 5] [--n 1000000] [--e2e-runs 5] [--seconds 6]
 --                        [--connections 32] [--only micro|e2e] [--out BENCHMARKS.md]
+--                        [--cases <Lua pattern of case names>]
 package.path = "spec/?.lua;" .. package.path
 local ats = require "support.ats"
 local load = require "support.load"
@@ -107,7 +108,9 @@ local ok, err = pcall(function()
         -- which cases exist on this branch
         local cases = {}
         for _, c in ipairs(CASES) do
-          local v, why = get(c[1], "ffi", 10)
+          local v, why = true, nil
+          if opts.cases and not c[1]:match(opts.cases) then goto next_case end
+          v, why = get(c[1], "ffi", 10)
           if v then
             cases[#cases + 1] = c
           else
@@ -115,6 +118,7 @@ local ok, err = pcall(function()
             report.micro.skipped = report.micro.skipped or {}
             report.micro.skipped[c[1]] = tostring(why):gsub("^.-:%d+: ", "")
           end
+          ::next_case::
         end
         table.insert(cases, 1, { "empty", true, true, true })
         local results = {}
