@@ -32,10 +32,13 @@ return {
       .. "last = ffi_string(p, ibuf[0]) C._TSfree(p)", where = "remap" },
   -- No ts_lua equivalent: compared with the same through raw FFI. The raw tcpinfo code makes
   -- a new struct per call, as a script would; ts_ffi.tcpinfo.client() returns a table of
-  -- every field; both loops then read rtt.
+  -- every field; both loops then read rtt. tcpinfo.client("rtt") returns that field alone.
   { "tcpinfo.client", "last = tcpinfo.client().rtt", false,
     "C.TSHttpTxnClientFdGet(txnp, ibuf) local ti = ffi_new(tcpinfo_t) slen[0] = 232 "
       .. "C.getsockopt(ibuf[0], 6, 11, ti, slen) last = ti.rtt" }, -- IPPROTO_TCP, TCP_INFO
+  { "tcpinfo.client.rtt", 'last = tcpinfo.client("rtt")', false,
+    "C.TSHttpTxnClientFdGet(txnp, ibuf) local ti = ffi_new(tcpinfo_t) slen[0] = 232 "
+      .. "C.getsockopt(ibuf[0], 6, 11, ti, slen) last = ti.rtt", fn = "client" },
   { "geoip.country", "last = db:country(ip)", false,
     "local r = mmlib.MMDB_lookup_string(mmdb, ip, merr, merr + 1) "
       .. "if r.found_entry and mmlib.MMDB_aget_value(r.entry, mres, mpath) == 0 "
