@@ -9,7 +9,8 @@ BUSTED    := luajit /usr/bin/busted
 RUST_MIN  := 1.88
 APT_PKGS  := trafficserver trafficserver-dev luajit libluajit-5.1-dev luarocks lua-busted \
              lua-socket libclang-dev clang pkg-config gcc curl wrk nginx-light \
-             geoip-database libgeoip1 libmodsecurity3 libmodsecurity-dev modsecurity-crs
+             geoip-database libgeoip1 libmodsecurity3 libmodsecurity-dev modsecurity-crs \
+             libmaxminddb0
 LUA_SRC   := $(wildcard lua/ts_ffi/*.lua) conf/modsecurity.conf
 RUST_SRC  := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
 

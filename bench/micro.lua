@@ -31,8 +31,64 @@ char *TSUrlStringGet(void *bufp, void *loc, int *len);
 void _TSfree(void *p);
 struct ts_ffi_bench_sockaddr { uint16_t family; uint8_t port[2]; uint8_t addr[4]; uint8_t pad[112]; };
 const char *inet_ntop(int af, const void *src, char *dst, unsigned int size);
+int getsockopt(int fd, int level, int name, void *val, unsigned int *len);
+]])
+-- What a script would declare by hand for getsockopt(TCP_INFO): the classic fields, the rest
+-- of Linux 5.4+'s 232 bytes as padding.
+pcall(ffi.cdef, [[
+struct ts_ffi_bench_tcp_info {
+  uint8_t state, ca_state, retransmits, probes, backoff, options, wscale, flags;
+  uint32_t rto, ato, snd_mss, rcv_mss, unacked, sacked, lost, retrans, fackets;
+  uint32_t last_data_sent, last_ack_sent, last_data_recv, last_ack_recv;
+  uint32_t pmtu, rcv_ssthresh, rtt, rttvar, snd_ssthresh, snd_cwnd, advmss, reordering;
+  uint32_t rcv_rtt, rcv_space, total_retrans;
+  uint8_t rest[128];
+};
+]])
+-- libmaxminddb 1.7 (Debian 12, x86_64: mmdb_uint128_t is unsigned __int128, so the value
+-- union is 16-byte aligned); MMDB_s is opaque here (136 bytes; a larger buffer is allocated).
+pcall(ffi.cdef, [[
+typedef struct ts_ffi_bench_MMDB_s ts_ffi_bench_MMDB_s;
+typedef struct { const ts_ffi_bench_MMDB_s *mmdb; uint32_t offset; } ts_ffi_bench_MMDB_entry_s;
+typedef struct { bool found_entry; ts_ffi_bench_MMDB_entry_s entry; uint16_t netmask; }
+  ts_ffi_bench_MMDB_lookup_result_s;
+typedef struct {
+  bool has_data;
+  union { const char *utf8_string; uint32_t uint32; uint8_t uint128[16]; }
+    __attribute__((aligned(16)));
+  uint32_t offset, offset_to_next, data_size, type;
+} ts_ffi_bench_MMDB_entry_data_s;
+int MMDB_open(const char *filename, uint32_t flags, ts_ffi_bench_MMDB_s *mmdb);
+ts_ffi_bench_MMDB_lookup_result_s MMDB_lookup_string(const ts_ffi_bench_MMDB_s *mmdb,
+  const char *ipstr, int *gai_error, int *mmdb_error);
+int MMDB_aget_value(ts_ffi_bench_MMDB_entry_s *start, ts_ffi_bench_MMDB_entry_data_s *data,
+  const char *const *path);
 ]])
 local C = ffi.C
+assert(ffi.sizeof("struct ts_ffi_bench_tcp_info") == 232)
+assert(ffi.sizeof("ts_ffi_bench_MMDB_entry_data_s") == 48)
+assert(ffi.offsetof("ts_ffi_bench_MMDB_lookup_result_s", "netmask") == 24)
+
+-- The .mmdb fixture bench/run.lua writes (TS_FFI_BENCH_MMDB): opened once per Lua VM, by
+-- ts_ffi.geoip and by libmaxminddb directly (MMDB_open once, as luajit-geoip does).
+local MMDB_PATH = os.getenv("TS_FFI_BENCH_MMDB")
+local geo
+local function geo_parts()
+  if geo then return geo end
+  assert(MMDB_PATH, "TS_FFI_BENCH_MMDB is not set")
+  local lib = ffi.load("libmaxminddb.so.0")
+  local store = ffi.new("uint64_t[64]") -- 512 bytes >= sizeof(MMDB_s)
+  local mm = ffi.cast("ts_ffi_bench_MMDB_s *", store)
+  local rc = lib.MMDB_open(MMDB_PATH, 0, mm)
+  assert(rc == 0, "MMDB_open " .. MMDB_PATH .. ": " .. rc)
+  local path = ffi.new("const char *[3]", { "country", "iso_code", nil })
+  geo = {
+    db = assert(require("ts_ffi.geoip").open(MMDB_PATH)), mmdb = mm, mmlib = lib,
+    keep = { store, path }, mpath = path, mres = ffi.new("ts_ffi_bench_MMDB_entry_data_s"),
+    merr = ffi.new("int[2]"),
+  }
+  return geo
+end
 
 local ts_now = ffi.new("ts_ffi_bench_timespec")
 local function now()
@@ -65,6 +121,8 @@ local E = ...
 local %s = E.mod
 local ts, C, txnp, bufp, ibuf, lbuf, sbuf = E.ts, E.C, E.txnp, E.bufp, E.ibuf, E.lbuf, E.sbuf
 local tonumber, ffi_string, raw_next_hop = tonumber, E.ffi_string, E.raw_next_hop
+local ffi_new, tcpinfo_t, slen = E.ffi_new, E.tcpinfo_t, E.slen
+local db, ip, mmdb, mmlib, mpath, mres, merr = E.db, E.ip, E.mmdb, E.mmlib, E.mpath, E.mres, E.merr
 return function(n)
   local last
   for _ = 1, n do
@@ -81,13 +139,19 @@ local function measure(q)
   if not stmt then error("no " .. q.variant .. " statement for " .. q.case) end
   local modname = q.case == "empty" and "txn" or q.case:match("^([%w_]+)%.")
   local mod = require("ts_ffi." .. modname)
-  if q.variant == "ffi" and q.case ~= "empty" and not mod[q.case:match("%.(.+)$")] then
+  if q.variant == "ffi" and q.case ~= "empty" and not mod[case.fn or q.case:match("%.(.+)$")] then
     error("missing ts_ffi." .. q.case)
   end
   local E = {
     mod = mod, ts = ts, C = C, txnp = txn_pointer(), ibuf = ffi.new("int[1]"),
     lbuf = ffi.new("void *[1]"), sbuf = sbuf, ffi_string = ffi.string, raw_next_hop = raw_next_hop,
+    ffi_new = ffi.new, tcpinfo_t = ffi.typeof("struct ts_ffi_bench_tcp_info"),
+    slen = ffi.new("unsigned int[1]"), ip = q.ip or "81.2.69.160",
   }
+  if modname == "geoip" then
+    local g = geo_parts()
+    E.db, E.mmdb, E.mmlib, E.mpath, E.mres, E.merr = g.db, g.mmdb, g.mmlib, g.mpath, g.mres, g.merr
+  end
   local b, l = ffi.new("void *[1]"), ffi.new("void *[1]")
   if C.TSHttpTxnClientReqGet(E.txnp, b, l) == 0 then E.bufp = b[0] end
   local chunk = "=bench:" .. q.case .. ":" .. q.variant

@@ -41,6 +41,8 @@ pub enum Val {
     TsStr(*mut std::os::raw::c_char, usize),
     /// `ip, port, family` (`"inet"` / `"inet6"`).
     Addr(std::net::SocketAddr),
+    /// A tcp_info the kernel filled so many bytes of: pushed as `ts_ffi.tcpinfo`'s table.
+    TcpInfo(Box<crate::tcpinfo::TcpInfo>, usize),
 }
 
 impl From<i64> for Val {
@@ -170,6 +172,10 @@ pub unsafe fn run<F: Fn(TSHttpTxn) -> Result<Val, Code>>(l: *mut lua::lua_State,
                 lua::lua_pushstring(l, if a.is_ipv4() { c"inet".as_ptr() } else { c"inet6".as_ptr() });
                 3
             }
+            Ok(Some(Val::TcpInfo(info, n))) => {
+                crate::tcpinfo::push_table(l, &info, n);
+                1
+            }
             // No Rust value is live here: a Lua error raised by the wrapper unwinds through
             // this `C-unwind` frame as LuaJIT's own (DWARF) exception.
             _ => {
@@ -204,6 +210,8 @@ fn lookup(name: &[u8]) -> Option<lua::lua_CFunction> {
         b"txn_remap_from_url" => crate::txn::fast_remap_from_url,
         b"txn_remap_to_url" => crate::txn::fast_remap_to_url,
         b"ssn_id" => crate::ssn::fast_id,
+        b"tcpinfo_client" => crate::tcpinfo::fast_client,
+        b"tcpinfo_server" => crate::tcpinfo::fast_server,
         _ => return None,
     })
 }

@@ -104,7 +104,44 @@ describe("ts_ffi.tcpinfo", function()
         double.error_of(tcpinfo.client))
       local thread = double.new_txn { client_fd = c:getfd() }
       local _, err = double.run(thread, function() return select(2, pcall(tcpinfo.client, 1)) end)
-      assert.matches("^ts_ffi%.tcpinfo%.client: takes no arguments", err)
+      assert.matches("^ts_ffi%.tcpinfo%.client: unknown field 1 ", err)
+      _, err = double.run(thread, function() return select(2, pcall(tcpinfo.client, "rtt", 1)) end)
+      assert.matches("^ts_ffi%.tcpinfo%.client: takes no arguments or one field name %(got 2%)", err)
+      for _, bad in ipairs { "tcpi_rtt", "RTT", "", "wscale", "rest" } do
+        _, err = double.run(thread, function() return select(2, pcall(tcpinfo.client, bad)) end)
+        assert.matches("^ts_ffi%.tcpinfo%.client: unknown field \"", err)
+      end
+    end)
+
+    it("client(field) is that field of the table, without the table", function()
+      local thread = double.new_txn { client_fd = c:getfd() }
+      local ok, t = double.run(thread, tcpinfo.client)
+      assert.is_true(ok, t)
+      for _, k in ipairs(FIELDS) do
+        local ok2, v = double.run(thread, tcpinfo.client, k)
+        assert.is_true(ok2, v)
+        assert.equal("number", type(v), k)
+      end
+      for _, k in ipairs { "state", "snd_mss", "rcv_mss", "pmtu", "advmss", "snd_wscale",
+                           "rcv_wscale", "options", "bytes_received", "total_retrans" } do
+        assert.equal(t[k], select(2, double.run(thread, tcpinfo.client, k)), k)
+      end
+      local r = raw(c:getfd())
+      assert.equal(r.rtt > 0, select(2, double.run(thread, tcpinfo.client, "rtt")) > 0)
+    end)
+
+    it("client(field) returns nil, err for the same conditions", function()
+      local thread, ctx = double.new_txn { client_fd = c:getfd() }
+      double.set_client_fd(ctx, -1)
+      assert.same({ true, nil, "client connection is gone" },
+        { double.run(thread, tcpinfo.client, "rtt") })
+      local u = assert(socket.udp())
+      assert(u:setpeername("127.0.0.1", 9))
+      double.set_client_fd(ctx, u:getfd())
+      local ok, v, err = double.run(thread, tcpinfo.client, "rtt")
+      u:close()
+      assert.same({ true, nil }, { ok, v })
+      assert.matches("^getsockopt%(TCP_INFO%): ", err)
     end)
 
     it("raises in a released transaction's context", function()
@@ -147,6 +184,16 @@ describe("ts_ffi.tcpinfo", function()
       end)
     end
 
+    it("a field alone is there exactly when the table has it", function()
+      local needs = upvalue(upvalue(tcpinfo.client, "query_field"), "NEEDS")
+      for _, n in ipairs { 104, 144, 160, 200, 216, 224, 232 } do
+        local t = to_table(o, n)
+        for _, k in ipairs(FIELDS) do
+          assert.equal(t[k] ~= nil, needs[k] <= n, k .. " at " .. n)
+        end
+      end
+    end)
+
     it("fills everything from 232 bytes on", function()
       local t = to_table(o, 232)
       assert.equal(12, t.snd_wnd)
@@ -180,7 +227,8 @@ describe("ts_ffi.tcpinfo", function()
         double.error_of(tcpinfo.server))
       local thread = double.new_txn {}
       local _, err = double.run(thread, function() return select(2, pcall(tcpinfo.server, nil)) end)
-      assert.matches("^ts_ffi%.tcpinfo%.server: takes no arguments", err)
+      assert.matches("^ts_ffi%.tcpinfo%.server: unknown field nil ", err)
+      assert.same({ true, nil, "no origin connection" }, { double.run(thread, tcpinfo.server, "rtt") })
     end)
   end)
 end)
