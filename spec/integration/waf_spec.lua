@@ -7,13 +7,7 @@ local ats = require "support.ats"
 
 local S = ats.root .. "/spec/integration/scripts/"
 
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read = ats.read
 
 -- Waits (bounded) for `pattern` in the sandbox's log `name`.
 local function log_has(sb, name, pattern)

@@ -70,6 +70,10 @@ local function wait_until(seconds, pred)
   return pred()
 end
 
+-- Shared with the other support modules (load.lua) and specs.
+M.sh, M.read, M.write, M.port_open, M.alive, M.wait_until = sh, read, write, port_open, alive,
+  wait_until
+
 local Sandbox = {}
 Sandbox.__index = Sandbox
 

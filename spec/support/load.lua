@@ -12,52 +12,10 @@ local socket = require "socket"
 
 local M = {}
 
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == 0 or ok == true
-end
-
-local function read(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
-
-local function port_open(port)
-  local c = socket.tcp()
-  c:settimeout(0.2)
-  local ok = c:connect("127.0.0.1", port)
-  c:close()
-  return ok ~= nil
-end
-
-local function alive(pid)
-  return pid and sh("kill -0 " .. pid .. " 2>/dev/null")
-end
-
-local function wait_until(seconds, pred)
-  local deadline = socket.gettime() + seconds
-  while socket.gettime() < deadline do
-    if pred() then return true end
-    socket.sleep(0.05)
-  end
-  return pred()
-end
+-- The process and file helpers the sandbox harness already has.
+local ats = require "support.ats"
+local sh, read, write, free_port, port_open, alive, wait_until =
+  ats.sh, ats.read, ats.write, ats.free_port, ats.port_open, ats.alive, ats.wait_until
 
 local function mktemp(tag)
   local p = io.popen("mktemp -d /tmp/ts_ffi_" .. tag .. ".XXXXXX")
