@@ -8,17 +8,9 @@ local LEGACY4, LEGACY6 = "/usr/share/GeoIP/GeoIP.dat", "/usr/share/GeoIP/GeoIPv6
 local dir
 local function path(name) return dir .. "/" .. name end
 local function sh(cmd) assert(os.execute(cmd) == 0, cmd) end
-local function read(p)
-  local f = assert(io.open(p, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-local function write(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
-end
+local ats = require "support.ats" -- its file helpers only
+local function read(p) return assert(ats.read(p)) end
+local write = ats.write
 local function err_of(f, ...)
   local ok, err = pcall(f, ...)
   assert(not ok, "expected an error")

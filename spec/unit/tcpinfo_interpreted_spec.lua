@@ -7,19 +7,7 @@ local jit = require "jit"
 
 local MODULES = { "ts_ffi.base", "ts_ffi.tcpinfo" }
 
-local function tcp_pair()
-  local srv = assert(socket.bind("127.0.0.1", 0))
-  srv:settimeout(5)
-  local ip, port = srv:getsockname()
-  local c = assert(socket.connect(ip, port))
-  c:settimeout(5)
-  local a = assert(srv:accept())
-  a:settimeout(5)
-  srv:close()
-  assert(c:send("ping\n"))
-  assert(a:receive("*l"))
-  return c, a
-end
+local tcp_pair = require "support.tcp_pair"
 
 -- Fields that do not move between two calls on an idle connection.
 local STABLE = { "state", "ca_state", "options", "snd_wscale", "rcv_wscale", "snd_mss",

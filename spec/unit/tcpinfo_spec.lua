@@ -3,22 +3,7 @@ local tcpinfo = require "ts_ffi.tcpinfo"
 local socket = require "socket"
 local ffi = require "ffi"
 
--- A connected loopback TCP pair (client side, accepted side), with a little traffic.
-local function tcp_pair()
-  local srv = assert(socket.bind("127.0.0.1", 0))
-  srv:settimeout(5)
-  local ip, port = srv:getsockname()
-  local c = assert(socket.connect(ip, port))
-  c:settimeout(5)
-  local a = assert(srv:accept())
-  a:settimeout(5)
-  srv:close()
-  assert(c:send("ping\n"))
-  assert(a:receive("*l"))
-  assert(a:send("pong\n"))
-  assert(c:receive("*l"))
-  return c, a
-end
+local tcp_pair = require "support.tcp_pair"
 
 -- Fields every supported kernel fills, and the later ones Debian 12's kernel has.
 local FIELDS = { "state", "ca_state", "retransmits", "probes", "backoff", "options",
