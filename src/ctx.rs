@@ -135,7 +135,7 @@ impl CtxRec {
             return Err(Code::Gone);
         }
         // SAFETY: alive means ts_lua has not released the context (module docs).
-        let txn = unsafe { read_ptr(self.ctx, self.layout.txnp) } as TSHttpTxn;
+        let txn = unsafe { std::ptr::read_unaligned(self.txn_slot) };
         if txn.is_null() { Err(Code::NoTxn) } else { Ok(txn) }
     }
 }
