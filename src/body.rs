@@ -167,8 +167,9 @@ fn type_name(t: c_int) -> &'static str {
     }
 }
 
-/// Moves what the input VIO has ready into `pending`; returns the bytes taken.
-unsafe fn take_input(t: &mut Transform, input: TSVIO) -> Result<i64, Code> {
+/// Moves what the input VIO has ready (at most `max` bytes) into `into`; returns the bytes
+/// taken.
+unsafe fn take_input(into: &mut Vec<u8>, input: TSVIO, max: i64) -> Result<i64, Code> {
     let (todo, reader_of, avail, start, block_read, next, consume, done_get, done_set) = (
         ts_fn!(TSVIONTodoGet),
         ts_fn!(TSVIOReaderGet),
@@ -182,7 +183,7 @@ unsafe fn take_input(t: &mut Transform, input: TSVIO) -> Result<i64, Code> {
     );
     unsafe {
         let reader = reader_of(input);
-        let want = todo(input).min(avail(reader));
+        let want = todo(input).min(avail(reader)).min(max);
         if want <= 0 {
             return Ok(0);
         }
@@ -193,7 +194,7 @@ unsafe fn take_input(t: &mut Transform, input: TSVIO) -> Result<i64, Code> {
             let p = block_read(block, reader, &mut len);
             let n = len.min(left);
             if !p.is_null() && n > 0 {
-                t.pending.extend_from_slice(std::slice::from_raw_parts(p as *const u8, n as usize));
+                into.extend_from_slice(std::slice::from_raw_parts(p as *const u8, n as usize));
                 left -= n;
             }
             block = next(block);
@@ -247,11 +248,8 @@ unsafe fn transform(contp: TSCont, t: &mut Transform) -> Result<(), Code> {
     );
     unsafe {
         if t.out_vio.is_null() {
-            t.out_buffer = ts_fn!(TSIOBufferCreate)();
-            t.out_reader = ts_fn!(TSIOBufferReaderAlloc)(t.out_buffer);
-            let output = ts_fn!(TSTransformOutputVConnGet)(contp);
             // Length unknown until the end: INT64_MAX, fixed with TSVIONBytesSet at the end.
-            t.out_vio = ts_fn!(TSVConnWrite)(output, contp, t.out_reader, i64::MAX);
+            (t.out_buffer, t.out_reader, t.out_vio) = start_output(contp, i64::MAX)?;
         }
         if t.eos_delivered {
             return Ok(());
@@ -259,7 +257,7 @@ unsafe fn transform(contp: TSCont, t: &mut Transform) -> Result<(), Code> {
         let input = write_vio_get(contp);
         // A null buffer: the writer shut the write side down; no more data will come.
         let finished_writer = input.is_null() || vio_buffer(input).is_null();
-        let taken = if finished_writer { 0 } else { take_input(t, input)? };
+        let taken = if finished_writer { 0 } else { take_input(&mut t.pending, input, i64::MAX)? };
         let eos = finished_writer || todo(input) <= 0;
         let wrote = if eos || (!t.pending.is_empty() && t.pending.len() >= t.min_chunk) {
             t.flush(eos)?
@@ -285,6 +283,24 @@ unsafe fn transform(contp: TSCont, t: &mut Transform) -> Result<(), Code> {
         }
     }
     Ok(())
+}
+
+/// Starts writing the transform's output (`nbytes` in all): buffer, reader, VIO. HttpSM sends
+/// the response header when a response transform first does this.
+unsafe fn start_output(contp: TSCont, nbytes: i64) -> Result<(TSIOBuffer, TSIOBufferReader, TSVIO), Code> {
+    let (create, reader_alloc, output_get, write) = (
+        ts_fn!(TSIOBufferCreate),
+        ts_fn!(TSIOBufferReaderAlloc),
+        ts_fn!(TSTransformOutputVConnGet),
+        ts_fn!(TSVConnWrite),
+    );
+    // SAFETY: the transform's own output VConn; the buffer is freed by the transform's destroy.
+    unsafe {
+        let buffer = create();
+        let reader = reader_alloc(buffer);
+        let vio = write(output_get(contp), contp, reader, nbytes);
+        Ok((buffer, reader, vio))
+    }
 }
 
 /// Frees everything the transform owns, Lua references under the VM lock.
@@ -366,13 +382,7 @@ unsafe fn add(l: *mut lua::lua_State, response: bool, min_chunk: usize) -> Resul
     let rec = unsafe { ctx::current(l)? };
     let (http_ctx, layout) = rec.context()?;
     let txn = rec.txn()?;
-    let (create, data_set, hook_add, cont_create, mutex_get) = (
-        ts_fn!(TSTransformCreate),
-        ts_fn!(TSContDataSet),
-        ts_fn!(TSHttpTxnHookAdd),
-        ts_fn!(TSContCreate),
-        ts_fn!(TSContMutexGet),
-    );
+    let (create, data_set, hook_add) = (ts_fn!(TSTransformCreate), ts_fn!(TSContDataSet), ts_fn!(TSHttpTxnHookAdd));
     // Checked now so that the handler calls cannot fail on them later.
     let _ = (ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock));
     unsafe {
@@ -428,6 +438,17 @@ unsafe fn add(l: *mut lua::lua_State, response: bool, min_chunk: usize) -> Resul
         };
         hook_add(txn, hook, vconn);
 
+        close_at_txn_close(txn, vconn, shared)?;
+    }
+    Ok(())
+}
+
+/// Makes sure `vconn` is closed by TXN_CLOSE if ATS never used it.
+unsafe fn close_at_txn_close(txn: TSHttpTxn, vconn: TSCont, shared: Arc<Shared>) -> Result<(), Code> {
+    let (cont_create, mutex_get, data_set, hook_add) =
+        (ts_fn!(TSContCreate), ts_fn!(TSContMutexGet), ts_fn!(TSContDataSet), ts_fn!(TSHttpTxnHookAdd));
+    // SAFETY: a continuation on the transaction's mutex owning the guard until TXN_CLOSE.
+    unsafe {
         let close = cont_create(Some(close_handler), mutex_get(txn as TSCont));
         data_set(close, Box::into_raw(Box::new(CloseGuard { vconn, shared })) as *mut c_void);
         hook_add(txn, sys::TSHttpHookID_TS_HTTP_TXN_CLOSE_HOOK, close);
@@ -450,4 +471,279 @@ pub unsafe extern "C-unwind" fn lua_transform_add(l: *mut lua::lua_State) -> c_i
     })
     .unwrap_or(Err(Code::Internal));
     unsafe { crate::push_reply(l, result.map(|()| 1.0)) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Held bodies: a native inspector (the WAF) sees the first bytes of a response body before any
+// of it, or the response header, reaches the client, and decides what the client gets.
+//
+// Nothing is written to the output until the decision: HttpSM sends the response header only
+// when the transform starts its output, so a SEND_RESPONSE_HDR hook can still rewrite status
+// and headers for a replaced body. The decision may come from any thread (`Resume`): it is
+// stored and the VConn is scheduled on the transaction's thread, both under the VConn's mutex,
+// and the VConn is not destroyed while a decision is outstanding, so the schedule always hits a
+// live VConn (ATS then frees it after that event, counting its scheduled events).
+
+/// What an inspector decided.
+pub enum Decision {
+    /// The body as it came: the held bytes, then the rest.
+    Pass,
+    /// This body instead; the rest of the original is read and dropped.
+    Replace(Vec<u8>),
+}
+
+/// A consumer of the first bytes of a response body.
+pub trait Inspector: Send {
+    /// Called once, on the transaction's thread, with the first bytes of the body (at most the
+    /// limit; `complete`: that is the whole body). `resume` must be used once, from any thread.
+    fn inspect(self: Box<Self>, head: Vec<u8>, complete: bool, resume: Resume);
+}
+
+type Slot = Arc<std::sync::Mutex<Option<Decision>>>;
+
+/// The way back from an inspector to its transform. Dropped without `resume` (a bug), it
+/// replaces the body with nothing, so that a transform never waits forever and nothing
+/// uninspected reaches the client.
+pub struct Resume {
+    vconn: usize,
+    thread: usize,
+    slot: Slot,
+}
+
+impl Resume {
+    pub fn resume(mut self, decision: Decision) {
+        self.deliver(decision);
+    }
+
+    fn deliver(&mut self, decision: Decision) {
+        if self.vconn == 0 {
+            return;
+        }
+        let vconn = std::mem::replace(&mut self.vconn, 0) as TSCont;
+        let _ = (|| -> Result<(), Code> {
+            let (mutex_get, lock, unlock, schedule) =
+                (ts_fn!(TSContMutexGet), ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock), ts_fn!(TSContScheduleOnThread));
+            // SAFETY: the VConn stays alive until it has taken the decision (see above); its
+            // mutex is held while the decision is stored and the VConn scheduled.
+            unsafe {
+                let m = mutex_get(vconn);
+                lock(m);
+                *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(decision);
+                schedule(vconn, 0, self.thread as sys::TSEventThread);
+                unlock(m);
+            }
+            Ok(())
+        })();
+    }
+}
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        self.deliver(Decision::Replace(Vec::new()));
+    }
+}
+
+#[derive(PartialEq)]
+enum Stage {
+    /// Reading the head (up to the limit or the end).
+    Reading,
+    /// The inspector has the head; input and output wait.
+    Waiting,
+    /// Passing the held head and the rest through.
+    Passing,
+    /// The replacement is written; the rest of the input is dropped.
+    Replacing,
+}
+
+struct Held {
+    inspector: Option<Box<dyn Inspector>>,
+    limit: usize,
+    head: Vec<u8>,
+    stage: Stage,
+    slot: Slot,
+    thread: usize,
+    shared: Arc<Shared>,
+    /// All input was read (and the writer told so).
+    input_done: bool,
+    out_buffer: TSIOBuffer,
+    out_vio: TSVIO,
+    out_total: i64,
+}
+
+/// Adds a response transform on `txn` that holds the body back for `inspector` (the first
+/// `limit` bytes). On the transaction's thread, at READ_RESPONSE_HDR or CACHE_LOOKUP_COMPLETE
+/// at the latest.
+pub unsafe fn hold_response(txn: TSHttpTxn, inspector: Box<dyn Inspector>, limit: usize) -> Result<(), Code> {
+    let (create, data_set, hook_add, thread_self) =
+        (ts_fn!(TSTransformCreate), ts_fn!(TSContDataSet), ts_fn!(TSHttpTxnHookAdd), ts_fn!(TSEventThreadSelf));
+    // Checked now so that later steps cannot fail on them.
+    let _ = (ts_fn!(TSContMutexGet), ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock), ts_fn!(TSContScheduleOnThread));
+    unsafe {
+        let thread = thread_self() as usize;
+        let shared = Arc::new(Shared { started: AtomicBool::new(false), destroyed: AtomicBool::new(false) });
+        let vconn = create(Some(held_handler), txn);
+        if vconn.is_null() {
+            return Err(Code::Internal);
+        }
+        let state = Box::new(Held {
+            inspector: Some(inspector),
+            limit,
+            head: Vec::new(),
+            stage: Stage::Reading,
+            slot: Arc::new(std::sync::Mutex::new(None)),
+            thread,
+            shared: Arc::clone(&shared),
+            input_done: false,
+            out_buffer: std::ptr::null_mut(),
+            out_vio: std::ptr::null_mut(),
+            out_total: 0,
+        });
+        data_set(vconn, Box::into_raw(state) as *mut c_void);
+        hook_add(txn, sys::TSHttpHookID_TS_HTTP_RESPONSE_TRANSFORM_HOOK, vconn);
+        close_at_txn_close(txn, vconn, shared)?;
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn held_handler(contp: TSCont, event: TSEvent, _edata: *mut c_void) -> c_int {
+    let _ = std::panic::catch_unwind(|| unsafe { on_held_event(contp, event) });
+    0
+}
+
+unsafe fn on_held_event(contp: TSCont, event: TSEvent) -> Result<(), Code> {
+    let (closed_get, data_get, write_vio_get, vio_cont, call) = (
+        ts_fn!(TSVConnClosedGet),
+        ts_fn!(TSContDataGet),
+        ts_fn!(TSVConnWriteVIOGet),
+        ts_fn!(TSVIOContGet),
+        ts_fn!(TSContCall),
+    );
+    unsafe {
+        let h_ptr = data_get(contp) as *mut Held;
+        let Some(h) = h_ptr.as_mut() else { return Ok(()) };
+        let decision =
+            if h.stage == Stage::Waiting { h.slot.lock().unwrap_or_else(|p| p.into_inner()).take() } else { None };
+        if closed_get(contp) != 0 {
+            if h.stage == Stage::Waiting && decision.is_none() {
+                // The decision's event is still to come: destroy then.
+                return Ok(());
+            }
+            let h = Box::from_raw(h_ptr);
+            h.shared.destroyed.store(true, Ordering::Release);
+            if !h.out_buffer.is_null() {
+                ts_fn!(TSIOBufferDestroy)(h.out_buffer);
+            }
+            drop(h);
+            ts_fn!(TSContDestroy)(contp);
+            return Ok(());
+        }
+        h.shared.started.store(true, Ordering::Release);
+        if let Some(d) = decision {
+            h.decided(contp, d)?;
+        }
+        match event {
+            sys::TSEvent_TS_EVENT_ERROR => {
+                let input = write_vio_get(contp);
+                call(vio_cont(input), sys::TSEvent_TS_EVENT_ERROR, input as *mut c_void);
+            }
+            sys::TSEvent_TS_EVENT_VCONN_WRITE_COMPLETE => {
+                ts_fn!(TSVConnShutdown)(ts_fn!(TSTransformOutputVConnGet)(contp), 0, 1);
+            }
+            _ => h.step(contp)?,
+        }
+    }
+    Ok(())
+}
+
+impl Held {
+    /// Takes the inspector's decision: starts the output.
+    unsafe fn decided(&mut self, contp: TSCont, d: Decision) -> Result<(), Code> {
+        let write = ts_fn!(TSIOBufferWrite);
+        let (body, stage) = match d {
+            Decision::Pass => (std::mem::take(&mut self.head), Stage::Passing),
+            Decision::Replace(body) => {
+                self.head = Vec::new();
+                (body, Stage::Replacing)
+            }
+        };
+        self.stage = stage;
+        // The whole length is known when nothing more will be written.
+        let nbytes = if self.stage == Stage::Replacing || self.input_done { body.len() as i64 } else { i64::MAX };
+        unsafe {
+            let (buffer, _reader, vio) = start_output(contp, nbytes)?;
+            (self.out_buffer, self.out_vio) = (buffer, vio);
+            if !body.is_empty() {
+                self.out_total += write(buffer, body.as_ptr() as *const c_void, body.len() as i64);
+            }
+            ts_fn!(TSVIOReenable)(vio);
+        }
+        Ok(())
+    }
+
+    unsafe fn step(&mut self, contp: TSCont) -> Result<(), Code> {
+        let (write_vio_get, vio_buffer, todo, vio_cont, call, reenable, nbytes_set, write) = (
+            ts_fn!(TSVConnWriteVIOGet),
+            ts_fn!(TSVIOBufferGet),
+            ts_fn!(TSVIONTodoGet),
+            ts_fn!(TSVIOContGet),
+            ts_fn!(TSContCall),
+            ts_fn!(TSVIOReenable),
+            ts_fn!(TSVIONBytesSet),
+            ts_fn!(TSIOBufferWrite),
+        );
+        if self.stage == Stage::Waiting || self.input_done {
+            return Ok(());
+        }
+        unsafe {
+            let input = write_vio_get(contp);
+            let finished_writer = input.is_null() || vio_buffer(input).is_null();
+            let mut got = Vec::new();
+            let max = match self.stage {
+                Stage::Reading => (self.limit - self.head.len().min(self.limit)) as i64,
+                _ => i64::MAX,
+            };
+            let taken = if finished_writer { 0 } else { take_input(&mut got, input, max)? };
+            let eos = finished_writer || todo(input) <= 0;
+            if eos {
+                self.input_done = true;
+                if !finished_writer {
+                    call(vio_cont(input), sys::TSEvent_TS_EVENT_VCONN_WRITE_COMPLETE, input as *mut c_void);
+                }
+            }
+            match self.stage {
+                Stage::Reading => {
+                    self.head.extend_from_slice(&got);
+                    if eos || self.head.len() >= self.limit {
+                        self.stage = Stage::Waiting;
+                        let resume = Resume {
+                            vconn: contp as usize,
+                            thread: self.thread,
+                            slot: Arc::clone(&self.slot),
+                        };
+                        match self.inspector.take() {
+                            Some(i) => i.inspect(self.head.clone(), eos, resume),
+                            None => drop(resume),
+                        }
+                        return Ok(());
+                    }
+                }
+                Stage::Passing => {
+                    if !got.is_empty() {
+                        self.out_total += write(self.out_buffer, got.as_ptr() as *const c_void, got.len() as i64);
+                        reenable(self.out_vio);
+                    }
+                    if eos {
+                        nbytes_set(self.out_vio, self.out_total);
+                        reenable(self.out_vio);
+                    }
+                }
+                // The replacement is all written; the rest of the input is dropped.
+                Stage::Replacing | Stage::Waiting => {}
+            }
+            if !eos && taken > 0 {
+                call(vio_cont(input), sys::TSEvent_TS_EVENT_VCONN_WRITE_READY, input as *mut c_void);
+            }
+        }
+        Ok(())
+    }
 }

@@ -24,6 +24,7 @@
 //! reference to `WafTxn` goes, never while a task thread is inside it.
 
 use crate::api::{api, ts_fn};
+use crate::body;
 use crate::codes::{self, Code};
 use crate::ctx::{self, CtxRec};
 use crate::msc::{self, Intervention};
@@ -256,6 +257,29 @@ struct Response {
     headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+impl Response {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| String::from_utf8_lossy(v).trim().to_ascii_lowercase())
+    }
+
+    /// Whether the body is one to inspect: a status with a body, an inspected media type
+    /// (`types`, lower case), and not content-encoded (compressed bytes match no rule).
+    fn body_inspected(&self, types: &[String]) -> bool {
+        if matches!(self.status, 100..=199 | 204 | 304) {
+            return false;
+        }
+        if self.header("content-encoding").is_some_and(|e| !e.is_empty() && e != "identity") {
+            return false;
+        }
+        let media = self.header("content-type").unwrap_or_default();
+        let media = media.split(';').next().unwrap_or("").trim();
+        types.iter().any(|t| t == media)
+    }
+}
+
 /// What one phase decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -284,11 +308,19 @@ pub fn on_failure(fail_open: bool) -> Verdict {
     if fail_open { Verdict::Allow } else { Verdict::Deny { status: 503 } }
 }
 
+/// What SEND_RESPONSE_HDR changes in the client response after a verdict.
+struct Rewrite {
+    status: i32,
+    location: Option<String>,
+    /// The body was replaced by ts_ffi's own (text/html): the origin's entity headers go.
+    replaced: bool,
+}
+
 struct Inner {
     /// The libmodsecurity transaction (null until the first phase).
     msc: *mut c_void,
-    /// Rewrite of the client response at SEND_RESPONSE_HDR: status and Location.
-    rewrite: Option<(i32, Option<String>)>,
+    /// Rewrite of the client response at SEND_RESPONSE_HDR.
+    rewrite: Option<Rewrite>,
     /// A phase already ended the transaction's inspection (denied or redirected).
     decided: bool,
     /// The request as captured by `protect`, until the request phase takes it.
@@ -325,6 +357,11 @@ struct WafTxn {
     body_limit: i64,
     /// The request body is chunk-encoded in ATS's buffer.
     chunked: bool,
+    /// Response bodies: the bytes inspected (0: none) and the media types (lower case).
+    response_body_limit: usize,
+    response_body_types: Vec<String>,
+    /// A HEAD request (its response has no body).
+    head: bool,
 }
 
 enum Phase {
@@ -332,7 +369,10 @@ enum Phase {
     Request(Request, bool),
     /// The decoded request body, then phase 2.
     Body(Vec<u8>),
-    Response(Response),
+    /// Response status and headers (phase 3); phase 4 too unless `.1` (a held body follows).
+    Response(Response, bool),
+    /// The first bytes of the response body (phase 4).
+    ResponseBody(Vec<u8>),
     Close { status: i32 },
 }
 
@@ -342,6 +382,14 @@ struct Job {
     txn: usize,
     thread: usize,
     verdict: Verdict,
+    /// The verdict goes to a held response body (phase 4) instead of the transaction.
+    resume: Option<body::Resume>,
+}
+
+impl Job {
+    fn new(t: Arc<WafTxn>, phase: Phase, txn: TSHttpTxn, thread: usize) -> Box<Job> {
+        Box::new(Job { t, phase, txn: txn as usize, thread, verdict: Verdict::Allow, resume: None })
+    }
 }
 
 fn fault_injected() -> bool {
@@ -364,7 +412,7 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
         if matches!(phase, Phase::Close { .. }) {
             return Verdict::Allow;
         }
-        if matches!(phase, Phase::Body(_)) {
+        if matches!(phase, Phase::Body(_) | Phase::ResponseBody(_)) {
             return Verdict::Fail("no transaction for the body phase".into());
         }
         if fault_injected() {
@@ -427,7 +475,7 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
                 (f.msc_process_request_body)(tx);
                 check().unwrap_or(Verdict::Allow)
             }
-            Phase::Response(r) => {
+            Phase::Response(r, body_follows) => {
                 for (k, v) in &r.headers {
                     (f.msc_add_n_response_header)(tx, k.as_ptr(), k.len(), v.as_ptr(), v.len());
                 }
@@ -435,6 +483,19 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
                 (f.msc_process_response_headers)(tx, r.status, proto.as_ptr());
                 if let Some(v) = check() {
                     return v;
+                }
+                if *body_follows {
+                    return Verdict::Allow;
+                }
+                (f.msc_process_response_body)(tx);
+                check().unwrap_or(Verdict::Allow)
+            }
+            Phase::ResponseBody(body) => {
+                if !body.is_empty() {
+                    (f.msc_append_response_body)(tx, body.as_ptr(), body.len());
+                    if let Some(v) = check() {
+                        return v;
+                    }
                 }
                 (f.msc_process_response_body)(tx);
                 check().unwrap_or(Verdict::Allow)
@@ -503,6 +564,10 @@ unsafe extern "C" fn task_handler(contp: TSCont, _event: TSEvent, _edata: *mut c
                 return Ok(());
             }
         }
+        if let Some(resume) = job.resume.take() {
+            resume.resume(body_decision(&job.t, job.verdict.clone()));
+            return Ok(());
+        }
         hand_back(job)
     });
     0
@@ -532,9 +597,48 @@ unsafe extern "C" fn result_handler(contp: TSCont, _event: TSEvent, _edata: *mut
             return Ok::<(), Code>(());
         }
         let job = Box::from_raw(raw);
-        apply(&job.t, job.txn as TSHttpTxn, job.verdict.clone())
+        let body_next = matches!(job.phase, Phase::Response(_, true));
+        apply(&job.t, job.txn as TSHttpTxn, job.verdict.clone(), body_next)
     });
     0
+}
+
+/// What a verdict on a held response body makes of it; a replaced body gets its status (and
+/// Location) at SEND_RESPONSE_HDR.
+fn body_decision(t: &WafTxn, verdict: Verdict) -> body::Decision {
+    let verdict = match verdict {
+        Verdict::Fail(_) => on_failure(t.fail_open),
+        v => v,
+    };
+    let (status, location) = match verdict {
+        Verdict::Allow | Verdict::Fail(_) => return body::Decision::Pass,
+        Verdict::Deny { status } => (status, None),
+        Verdict::Redirect { status, url } => (status, Some(url)),
+    };
+    lock(&t.inner).rewrite = Some(Rewrite { status, location, replaced: true });
+    body::Decision::Replace(DENY_BODY.as_bytes().to_vec())
+}
+
+/// Holds the response body back for phase 4 (on the transaction's thread, before it goes on).
+struct HeldBody {
+    t: Arc<WafTxn>,
+    txn: usize,
+}
+
+impl body::Inspector for HeldBody {
+    fn inspect(self: Box<Self>, head: Vec<u8>, _complete: bool, resume: body::Resume) {
+        let t = self.t;
+        // SAFETY: called on the transaction's thread.
+        let thread = unsafe { api().ok().and_then(|a| a.TSEventThreadSelf.as_ref().ok().map(|f| f())) };
+        let mut job = Job::new(t, Phase::ResponseBody(head), self.txn as TSHttpTxn, thread.unwrap_or(std::ptr::null_mut()) as usize);
+        job.resume = Some(resume);
+        if let Err(mut job) = unsafe { schedule_task(job) } {
+            audit(job.t.id, "cannot queue a task for the response body; fail policy applies");
+            if let Some(resume) = job.resume.take() {
+                resume.resume(body_decision(&job.t, Verdict::Fail("task queue refused the job".into())));
+            }
+        }
+    }
 }
 
 const DENY_BODY: &str = "<html><head><title>Forbidden</title></head><body><h1>Request denied</h1>\
@@ -545,8 +649,9 @@ inspects.</p></body></html>\n";
 const BAD_BODY: &str = "<html><head><title>Bad Request</title></head><body><h1>Bad Request</h1>\
 <p>The request body's chunked encoding is malformed.</p></body></html>\n";
 
-/// Applies a verdict on the transaction's thread and re-enables it.
-unsafe fn apply(t: &WafTxn, txn: TSHttpTxn, verdict: Verdict) -> Result<(), Code> {
+/// Applies a verdict on the transaction's thread and re-enables it; `body_next`: an allowed
+/// response's body is held back for phase 4.
+unsafe fn apply(t: &Arc<WafTxn>, txn: TSHttpTxn, verdict: Verdict, body_next: bool) -> Result<(), Code> {
     if t.closed.load(Ordering::Acquire) {
         return Ok(());
     }
@@ -558,6 +663,14 @@ unsafe fn apply(t: &WafTxn, txn: TSHttpTxn, verdict: Verdict) -> Result<(), Code
     unsafe {
         let (status, location) = match verdict {
             Verdict::Allow | Verdict::Fail(_) => {
+                if body_next {
+                    let held = Box::new(HeldBody { t: Arc::clone(t), txn: txn as usize });
+                    if body::hold_response(txn, held, t.response_body_limit).is_ok() {
+                        ts_fn!(TSHttpTxnHookAdd)(txn, sys::TSHttpHookID_TS_HTTP_SEND_RESPONSE_HDR_HOOK, t.hook_cont as TSCont);
+                    } else {
+                        audit(t.id, "cannot hold the response body back; it is not inspected");
+                    }
+                }
                 reenable(txn, sys::TSEvent_TS_EVENT_HTTP_CONTINUE);
                 return Ok(());
             }
@@ -570,7 +683,7 @@ unsafe fn apply(t: &WafTxn, txn: TSHttpTxn, verdict: Verdict) -> Result<(), Code
         // (redirects) is rewritten at SEND_RESPONSE_HDR.
         status_set(txn, if status >= 400 { status as sys::TSHttpStatus } else { 403 });
         if status < 400 || location.is_some() {
-            lock(&t.inner).rewrite = Some((status, location));
+            lock(&t.inner).rewrite = Some(Rewrite { status, location, replaced: false });
             ts_fn!(TSHttpTxnHookAdd)(txn, sys::TSHttpHookID_TS_HTTP_SEND_RESPONSE_HDR_HOOK, t.hook_cont as TSCont);
         }
         let text = match status {
@@ -682,8 +795,31 @@ unsafe fn capture_request(txn: TSHttpTxn) -> Result<Request, Code> {
     }
 }
 
-unsafe fn capture_response(txn: TSHttpTxn, client: bool) -> Result<Response, Code> {
-    let get = if client { ts_fn!(TSHttpTxnClientRespGet) } else { ts_fn!(TSHttpTxnServerRespGet) };
+/// Which response header `capture_response` reads.
+#[derive(PartialEq)]
+enum Source {
+    Server,
+    Cache,
+    /// The client's (status only).
+    Client,
+}
+
+/// Whether CACHE_LOOKUP_COMPLETE found a fresh object (served without the origin).
+unsafe fn fresh_cache_hit(txn: TSHttpTxn) -> bool {
+    let Ok(get) = (|| Ok::<_, Code>(ts_fn!(TSHttpTxnCacheLookupStatusGet)))() else { return false };
+    let mut status: c_int = -1;
+    // SAFETY: reads the lookup status of the hook's transaction.
+    let ok = unsafe { get(txn, &mut status) } == sys::TSReturnCode_TS_SUCCESS;
+    ok && status == sys::TSCacheLookupResult_TS_CACHE_LOOKUP_HIT_FRESH as c_int
+}
+
+unsafe fn capture_response(txn: TSHttpTxn, source: Source) -> Result<Response, Code> {
+    let client = source == Source::Client;
+    let get = match source {
+        Source::Server => ts_fn!(TSHttpTxnServerRespGet),
+        Source::Cache => ts_fn!(TSHttpTxnCachedRespGet),
+        Source::Client => ts_fn!(TSHttpTxnClientRespGet),
+    };
     let (status_get, version_get, release) =
         (ts_fn!(TSHttpHdrStatusGet), ts_fn!(TSHttpHdrVersionGet), ts_fn!(TSHandleMLocRelease));
     unsafe {
@@ -700,8 +836,14 @@ unsafe fn capture_response(txn: TSHttpTxn, client: bool) -> Result<Response, Cod
     }
 }
 
-/// SEND_RESPONSE_HDR after a redirect (or a status below 400): status, reason, Location.
-unsafe fn rewrite_response(txn: TSHttpTxn, status: i32, location: Option<&str>) -> Result<(), Code> {
+/// Headers of the origin's entity that do not describe ts_ffi's replacement body.
+const ENTITY_HEADERS: [&CStr; 7] =
+    [c"Content-Length", c"Content-Encoding", c"Content-Range", c"ETag", c"Last-Modified", c"Content-Disposition", c"Location"];
+
+/// SEND_RESPONSE_HDR after a verdict that could not use an error response (a redirect, a
+/// status below 400, a replaced response body): status, reason, Location, entity headers.
+unsafe fn rewrite_response(txn: TSHttpTxn, r: &Rewrite) -> Result<(), Code> {
+    let (status, location) = (r.status, r.location.as_deref());
     let (get, status_set, reason_set, reason_lookup, release) = (
         ts_fn!(TSHttpTxnClientRespGet),
         ts_fn!(TSHttpHdrStatusSet),
@@ -727,22 +869,32 @@ unsafe fn rewrite_response(txn: TSHttpTxn, status: i32, location: Option<&str>) 
         if !reason.is_null() {
             reason_set(buf, hdr, reason, CStr::from_ptr(reason).to_bytes().len() as c_int);
         }
-        if let Some(loc) = location {
-            let name = c"Location";
-            loop {
-                let f = find(buf, hdr, name.as_ptr(), 8);
-                if f.is_null() {
-                    break;
-                }
-                destroy(buf, hdr, f);
-                release(buf, hdr, f);
+        let remove = |name: &CStr| loop {
+            let f = find(buf, hdr, name.as_ptr(), name.to_bytes().len() as c_int);
+            if f.is_null() {
+                break;
             }
+            destroy(buf, hdr, f);
+            release(buf, hdr, f);
+        };
+        let add = |name: &CStr, value: &str| {
             let mut field: TSMLoc = std::ptr::null_mut();
-            if create(buf, hdr, name.as_ptr(), 8, &mut field) == sys::TSReturnCode_TS_SUCCESS {
-                insert(buf, hdr, field, -1, loc.as_ptr() as *const c_char, loc.len() as c_int);
+            if create(buf, hdr, name.as_ptr(), name.to_bytes().len() as c_int, &mut field) == sys::TSReturnCode_TS_SUCCESS {
+                insert(buf, hdr, field, -1, value.as_ptr() as *const c_char, value.len() as c_int);
                 append(buf, hdr, field);
                 release(buf, hdr, field);
             }
+        };
+        if r.replaced {
+            for name in ENTITY_HEADERS {
+                remove(name);
+            }
+            remove(c"Content-Type");
+            add(c"Content-Type", "text/html");
+        }
+        if let Some(loc) = location {
+            remove(c"Location");
+            add(c"Location", loc);
         }
         release(buf, std::ptr::null_mut(), hdr);
     }
@@ -778,8 +930,13 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
     if data.is_null() {
         return Ok(false);
     }
-    // SAFETY: the hook continuation holds one reference until TXN_CLOSE.
-    let t = unsafe { &*data };
+    // SAFETY: the hook continuation holds one reference until TXN_CLOSE; a new one for
+    // whoever needs to keep it.
+    let t = unsafe {
+        Arc::increment_strong_count(data);
+        Arc::from_raw(data)
+    };
+    let t = &t;
     let thread = unsafe { ts_fn!(TSEventThreadSelf)() } as usize;
     let phase = match event {
         sys::TSEvent_TS_EVENT_HTTP_POST_REMAP => {
@@ -789,7 +946,7 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
                     audit(t.id, &format!("request body of {} bytes over the limit of {}: 413",
                         r.content_length.unwrap_or(0), t.body_limit));
                     lock(&t.inner).decided = true;
-                    unsafe { apply(t, txn, Verdict::Deny { status: 413 })? };
+                    unsafe { apply(t, txn, Verdict::Deny { status: 413 }, false)? };
                     return Ok(true);
                 }
                 Some(r) => {
@@ -813,37 +970,45 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
                 Err(status) => {
                     audit(t.id, &format!("request body refused: {status}"));
                     lock(&t.inner).decided = true;
-                    unsafe { apply(t, txn, Verdict::Deny { status })? };
+                    unsafe { apply(t, txn, Verdict::Deny { status }, false)? };
                     return Ok(true);
                 }
             }
         }
-        sys::TSEvent_TS_EVENT_HTTP_READ_RESPONSE_HDR => {
+        sys::TSEvent_TS_EVENT_HTTP_READ_RESPONSE_HDR | sys::TSEvent_TS_EVENT_HTTP_CACHE_LOOKUP_COMPLETE => {
             if lock(&t.inner).decided {
                 return Ok(false);
             }
-            match unsafe { capture_response(txn, false) } {
-                Ok(r) => Phase::Response(r),
+            let from_cache = event == sys::TSEvent_TS_EVENT_HTTP_CACHE_LOOKUP_COMPLETE;
+            if from_cache && !unsafe { fresh_cache_hit(txn) } {
+                // A miss or a stale hit: the origin's response comes to READ_RESPONSE_HDR.
+                return Ok(false);
+            }
+            match unsafe { capture_response(txn, if from_cache { Source::Cache } else { Source::Server }) } {
+                Ok(r) => {
+                    let body = t.response_body_limit > 0 && !t.head && r.body_inspected(&t.response_body_types);
+                    Phase::Response(r, body)
+                }
                 Err(_) => return Ok(false),
             }
         }
         sys::TSEvent_TS_EVENT_HTTP_SEND_RESPONSE_HDR => {
             let rewrite = lock(&t.inner).rewrite.take();
-            if let Some((status, location)) = rewrite {
-                let _ = unsafe { rewrite_response(txn, status, location.as_deref()) };
+            if let Some(r) = rewrite {
+                let _ = unsafe { rewrite_response(txn, &r) };
             }
             return Ok(false);
         }
         sys::TSEvent_TS_EVENT_HTTP_TXN_CLOSE => {
             t.closed.store(true, Ordering::Release);
-            let status = unsafe { capture_response(txn, true) }.map(|r| r.status).unwrap_or(0);
+            let status = unsafe { capture_response(txn, Source::Client) }.map(|r| r.status).unwrap_or(0);
             // SAFETY: the hook continuation's reference, released here with the continuation.
             let t = unsafe { Arc::from_raw(data) };
             unsafe {
                 ts_fn!(TSContDataSet)(contp, std::ptr::null_mut());
                 ts_fn!(TSContDestroy)(contp);
             }
-            let job = Box::new(Job { t, phase: Phase::Close { status }, txn: 0, thread, verdict: Verdict::Allow });
+            let job = Job::new(t, Phase::Close { status }, std::ptr::null_mut(), thread);
             // If no task thread takes it, logging is skipped; the transaction is still freed
             // (by the last reference, after any running phase: the mutex).
             let _ = unsafe { schedule_task(job) };
@@ -851,17 +1016,12 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
         }
         _ => return Ok(false),
     };
-    // SAFETY: a new reference for the job.
-    let t = unsafe {
-        Arc::increment_strong_count(data);
-        Arc::from_raw(data)
-    };
-    let job = Box::new(Job { t, phase, txn: txn as usize, thread, verdict: Verdict::Allow });
+    let job = Job::new(Arc::clone(t), phase, txn, thread);
     match unsafe { schedule_task(job) } {
         Ok(()) => Ok(true),
         Err(job) => {
             audit(job.t.id, "cannot queue a task; fail policy applies");
-            unsafe { apply(&job.t, txn, Verdict::Fail("task queue refused the job".into()))? };
+            unsafe { apply(&job.t, txn, Verdict::Fail("task queue refused the job".into()), false)? };
             Ok(true)
         }
     }
@@ -925,7 +1085,13 @@ pub const FLAG_NO_RESPONSE: c_int = 2;
 /// No request body inspection (no ATS request buffering): phase 2 runs without the body.
 pub const FLAG_NO_REQUEST_BODY: c_int = 4;
 
-fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) -> Result<(), Code> {
+/// What `protect` is told about response bodies.
+struct ResponseBodies {
+    limit: usize,
+    types: Vec<String>,
+}
+
+fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64, bodies: ResponseBodies) -> Result<(), Code> {
     let txn = ctx::txn_of(rec)?;
     let engine = lookup(engine_id).ok_or(Code::BadArg)?;
     let (create, mutex_get, data_set, hook_add, id_get) = (
@@ -962,6 +1128,8 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) ->
         ts_fn!(TSIOBufferReaderAvail),
         ts_fn!(TSIOBufferReaderCopy),
         ts_fn!(TSIOBufferReaderFree),
+        ts_fn!(TSHttpTxnCachedRespGet),
+        ts_fn!(TSHttpTxnCacheLookupStatusGet),
     );
     let config_set = ts_fn!(TSHttpTxnConfigIntSet);
     let no_body = flags & FLAG_NO_REQUEST_BODY != 0;
@@ -970,6 +1138,7 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) ->
     unsafe {
         let req = capture_request(txn)?;
         let (has_body, chunked) = (req.has_body() && !no_body, req.chunked);
+        let head = req.method.eq_ignore_ascii_case("HEAD");
         // ATS reads the whole body before REQUEST_BUFFER_READ_COMPLETE (a Content-Length over
         // the limit is refused at POST_REMAP, before ATS reads it).
         if has_body
@@ -997,6 +1166,9 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) ->
             hook_cont: cont as usize,
             body_limit,
             chunked,
+            response_body_limit: if flags & FLAG_NO_RESPONSE != 0 { 0 } else { bodies.limit },
+            response_body_types: bodies.types,
+            head,
         });
         data_set(cont, Arc::into_raw(t) as *mut c_void);
         hook_add(txn, sys::TSHttpHookID_TS_HTTP_POST_REMAP_HOOK, cont);
@@ -1004,6 +1176,7 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) ->
             hook_add(txn, sys::TSHttpHookID_TS_HTTP_REQUEST_BUFFER_READ_COMPLETE_HOOK, cont);
         }
         if flags & FLAG_NO_RESPONSE == 0 {
+            hook_add(txn, sys::TSHttpHookID_TS_HTTP_CACHE_LOOKUP_COMPLETE_HOOK, cont);
             hook_add(txn, sys::TSHttpHookID_TS_HTTP_READ_RESPONSE_HDR_HOOK, cont);
         }
         hook_add(txn, sys::TSHttpHookID_TS_HTTP_TXN_CLOSE_HOOK, cont);
@@ -1011,12 +1184,31 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) ->
     Ok(())
 }
 
-/// `ts_ffi_waf_protect(rec, engine_id, flags, body_limit)`: inspects the running transaction
-/// with the engine (see the module docs); request bodies up to `body_limit` decoded bytes.
-/// `BadArg`: no such engine.
+/// `ts_ffi_waf_protect(rec, engine_id, flags, body_limit, response_body_limit, response_types)`:
+/// inspects the running transaction with the engine (see the module docs); request bodies up
+/// to `body_limit` decoded bytes; the first `response_body_limit` bytes of response bodies of
+/// the media types in `response_types` (space-separated, may be null). `BadArg`: no such
+/// engine or a bad limit.
 #[unsafe(no_mangle)]
-pub extern "C" fn ts_ffi_waf_protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64) -> c_int {
-    codes::guard(|| protect(rec, engine_id, flags, body_limit))
+pub extern "C" fn ts_ffi_waf_protect(
+    rec: *const CtxRec,
+    engine_id: u32,
+    flags: c_int,
+    body_limit: i64,
+    response_body_limit: i64,
+    response_types: *const c_char,
+) -> c_int {
+    codes::guard(|| {
+        let limit = usize::try_from(response_body_limit).map_err(|_| Code::BadArg)?;
+        let types = if response_types.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: a NUL-terminated string from the Lua wrapper.
+            let text = unsafe { CStr::from_ptr(response_types) }.to_string_lossy();
+            text.split_ascii_whitespace().map(|t| t.to_ascii_lowercase()).collect()
+        };
+        protect(rec, engine_id, flags, body_limit, ResponseBodies { limit, types })
+    })
 }
 
 // --- Lua side --------------------------------------------------------------------------------

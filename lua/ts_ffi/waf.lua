@@ -16,7 +16,8 @@ local bor, getfenv, getmetatable, ipairs, next, rawget, rawset, select, setmetat
   bit.bor, getfenv, getmetatable, ipairs, next, rawget, rawset, select, setmetatable, type
 
 ffi.cdef [[
-int ts_ffi_waf_protect(const ts_ffi_ctx *rec, uint32_t engine_id, int flags, int64_t body_limit);
+int ts_ffi_waf_protect(const ts_ffi_ctx *rec, uint32_t engine_id, int flags, int64_t body_limit,
+                      int64_t response_body_limit, const char *response_types);
 ]]
 
 local _M = {}
@@ -81,6 +82,13 @@ local floor = math.floor
 
 -- Largest request body (decoded bytes) inspected by default; larger ones are answered 413.
 _M.default_request_body_limit = 1048576
+-- Bytes of a response body held back and inspected by default (the base conf's
+-- SecResponseBodyLimit); the rest of a longer body passes uninspected (ProcessPartial).
+_M.default_response_body_limit = 524288
+-- Media types whose response bodies are inspected by default (the base conf's
+-- SecResponseBodyMimeType).
+_M.default_response_body_types = { "text/plain", "text/html", "text/xml", "application/json" }
+local DEFAULT_TYPES = table.concat(_M.default_response_body_types, " ")
 
 function Engine:protect(opts, ...)
   local fname = "ts_ffi.waf.protect"
@@ -91,6 +99,7 @@ function Engine:protect(opts, ...)
     throw(fname, "takes an optional options table", 1)
   end
   local flags, limit = 0, _M.default_request_body_limit
+  local rlimit, rtypes = _M.default_response_body_limit, DEFAULT_TYPES
   if opts ~= nil then
     if type(opts) ~= "table" then
       throw(fname, "bad options (a table expected, got " .. describe(opts) .. ")", 1)
@@ -117,6 +126,29 @@ function Engine:protect(opts, ...)
           throw(fname, "bad request_body_limit (a byte count >= 0 expected, got " .. describe(v) .. ")", 1)
         end
         limit = v
+      elseif k == "response_body_limit" then
+        if type(v) ~= "number" or v < 0 or v ~= floor(v) or v > 2^31 then
+          throw(fname, "bad response_body_limit (a byte count from 0 to 2^31 expected, got " .. describe(v) .. ")", 1)
+        end
+        rlimit = v
+      elseif k == "response_body_types" then
+        if type(v) ~= "table" then
+          throw(fname, "bad response_body_types (a list of media types expected, got " .. describe(v) .. ")", 1)
+        end
+        local list = {}
+        for i, t in ipairs(v) do
+          if type(t) ~= "string" or not t:find("^[%w!#$&^_.+-]+/[%w!#$&^_.+-]+$") then
+            throw(fname, "bad response_body_types[" .. i .. "] (a media type such as \"text/html\" expected, got "
+              .. describe(t) .. ")", 1)
+          end
+          list[i] = t
+        end
+        for key in next, v do
+          if type(key) ~= "number" or not list[key] then
+            throw(fname, "bad response_body_types (a list expected; it has the key " .. describe(key) .. ")", 1)
+          end
+        end
+        rtypes = table.concat(list, " ")
       else
         throw(fname, "unknown option " .. describe(k), 1)
       end
@@ -127,7 +159,7 @@ function Engine:protect(opts, ...)
   if rawget(env, KEY) then
     return nil, "this transaction is already protected"
   end
-  local rc = C.ts_ffi_waf_protect(rec, self.id, flags, limit)
+  local rc = C.ts_ffi_waf_protect(rec, self.id, flags, limit, rlimit, rtypes)
   if rc ~= 0 then
     if rc == base.codes.declined then
       return nil, "the request cannot be read (or libmodsecurity is not available)"

@@ -34,7 +34,9 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
     sb = ats.start {
       remap = { ["waf.test"] = S .. "waf.lua", ["plain.test"] = {},
                 ["small.test"] = { S .. "waf.lua", "limit=2048" },
-                ["nobody.test"] = { S .. "waf.lua", "nobody" } },
+                ["nobody.test"] = { S .. "waf.lua", "nobody" },
+                ["rlimit.test"] = { S .. "waf.lua", "rlimit=4096" },
+                ["noresponse.test"] = { S .. "waf.lua", "noresponse" } },
       records = FAST_LOG,
       start_timeout = 30,
     }
@@ -252,6 +254,74 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
     assert.truthy(log_has(sb, "ts_ffi_waf.log", "%[txn %d+%]"))
   end)
 
+  describe("response bodies (held back until phase 4 decides)", function()
+    local function page(host, path)
+      return sb:get(host, path, { curl = BROWSER })
+    end
+
+    it("a clean page passes intact", function()
+      local res = page("waf.test", "/typed/text/html/clean")
+      assert.equal(200, res.status)
+      assert.equal("<html><head><title>Welcome</title></head><body><p>Hello, world.</p></body></html>\n", res.body)
+      assert.equal("text/html", res.headers["content-type"])
+    end)
+
+    it("a page leaking an SQL error becomes a 403 with the WAF's own body", function()
+      local res = page("waf.test", "/typed/text/html/sql-error")
+      assert.equal(403, res.status, res.body)
+      assert.falsy(res.body:find("Unclosed quotation", 1, true))
+      assert.truthy(res.body:find("Request denied", 1, true))
+      assert.equal("text/html", res.headers["content-type"])
+      assert.truthy(log_has(sb, "ts_ffi_waf.log", "SQL Information Leakage"))
+    end)
+
+    it("PHP source code in a text/plain body becomes a 403", function()
+      local res = page("waf.test", "/typed/text/plain/php-source")
+      assert.equal(403, res.status, res.body)
+      assert.falsy(res.body:find("session_start", 1, true))
+    end)
+
+    it("media types not inspected pass (application/octet-stream)", function()
+      local res = page("waf.test", "/typed/application/octet-stream/sql-error")
+      assert.equal(200, res.status)
+      assert.truthy(res.body:find("Unclosed quotation", 1, true))
+    end)
+
+    it("response = false: bodies are not inspected", function()
+      assert.equal(200, page("noresponse.test", "/typed/text/html/sql-error").status)
+    end)
+
+    it("a leak within response_body_limit is found; past it the rest passes uninspected", function()
+      assert.equal(403, page("rlimit.test", "/typed/text/html/sql-error/3000").status)
+      local res = page("rlimit.test", "/typed/text/html/sql-error/5000")
+      assert.equal(200, res.status)
+      assert.equal(string.rep("-", 5000), res.body:sub(1, 5000))
+      assert.truthy(res.body:find("</html>\n$"))
+      -- the default limit: 512 KiB
+      assert.equal(403, page("waf.test", "/typed/text/html/sql-error/500000").status)
+      assert.equal(200, page("waf.test", "/typed/text/html/sql-error/530000").status)
+    end)
+
+    it("a large clean body passes intact", function()
+      local res = page("waf.test", "/typed/text/html/clean/400000")
+      assert.equal(200, res.status)
+      assert.equal(string.rep("-", 400000)
+        .. "<html><head><title>Welcome</title></head><body><p>Hello, world.</p></body></html>\n", res.body)
+    end)
+
+    it("concurrent leaking and clean pages: right answers, still serving", function()
+      local paths = {}
+      for i = 1, 40 do
+        paths[i] = (i % 2 == 0) and "/typed/text/html/sql-error/" .. i or "/typed/text/html/clean/" .. i
+      end
+      local res = sb:get_parallel("waf.test", paths, { max = 20, timeout = 60 })
+      for i, r in ipairs(res) do
+        assert.equal((i % 2 == 0) and 403 or 200, r.status, paths[i])
+      end
+      assert.is_true(sb:alive())
+    end)
+  end)
+
   it("unprotected remap rules are untouched", function()
     local res = sb:get("plain.test", "/item?id=1%27%20OR%20%271%27=%271")
     assert.equal(200, res.status)
@@ -268,6 +338,54 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
     end
     assert.is_true(sb:alive())
     assert.equal(200, get("/after-load").status)
+  end)
+end)
+
+describe("ts_ffi.waf on cache hits (the response phases run on the cached response)", function()
+  local sb
+
+  setup(function()
+    sb = ats.start {
+      remap = { ["waf.test"] = S .. "waf.lua", ["plain.test"] = {} },
+      records = { "CONFIG proxy.config.http.cache.http INT 1",
+                  "CONFIG proxy.config.log.max_secs_per_buffer INT 1" },
+      start_timeout = 30,
+    }
+  end)
+
+  teardown(function()
+    if sb then sb:stop() end
+  end)
+
+  -- Fills the cache through the unprotected rule (same origin URL, same cache key).
+  local function cached(path)
+    local first = sb:get("plain.test", path)
+    assert.equal(200, first.status)
+    local again = sb:get("plain.test", path)
+    assert.equal(first.headers["x-origin-count"], again.headers["x-origin-count"], "not cached")
+    return first
+  end
+
+  it("a cached clean page is served from the cache and passes", function()
+    local first = cached("/cached/text/html/clean")
+    local res = sb:get("waf.test", "/cached/text/html/clean", { curl = BROWSER })
+    assert.equal(200, res.status)
+    assert.equal(first.headers["x-origin-count"], res.headers["x-origin-count"])
+    assert.equal(first.body, res.body)
+  end)
+
+  it("a cached page leaking an SQL error becomes a 403", function()
+    local first = cached("/cached/text/html/sql-error")
+    assert.truthy(first.body:find("Unclosed quotation", 1, true))
+    local res = sb:get("waf.test", "/cached/text/html/sql-error", { curl = BROWSER })
+    assert.equal(403, res.status, res.body)
+    assert.falsy(res.body:find("Unclosed quotation", 1, true))
+  end)
+
+  it("a cached response header is inspected (phase 3 on a hit)", function()
+    cached("/cached/text/html/clean?p=leak-header")
+    assert.equal(403, sb:get("waf.test", "/cached/text/html/clean?p=leak-header", { curl = BROWSER }).status)
+    assert.is_true(sb:alive())
   end)
 end)
 

@@ -6,6 +6,10 @@
 --   /empty                               200 with an empty body
 --   /echo                                200 with the request body (read by Content-Length
 --                                        or chunked)
+--   /typed/<type>/<subtype>/<page>[/<n>] 200 with that Content-Type and a page (see PAGES);
+--                                        <n> bytes of filler come before it
+--   /cached/...                          as above, cacheable (max-age=300)
+--   Every response counts: X-Origin-Count is the number of requests this origin served.
 --   anything else                        200 with body "origin:<path>\n"
 local socket = require "socket"
 
@@ -13,10 +17,28 @@ local port, addr = tonumber(arg[1]), arg[2] or "127.0.0.1"
 local server = assert(socket.bind(addr, port))
 server:settimeout(nil)
 
+-- Response bodies for the WAF's response phase: clean ones and leaks the OWASP CRS knows.
+local PAGES = {
+  clean = "<html><head><title>Welcome</title></head><body><p>Hello, world.</p></body></html>\n",
+  ["sql-error"] = "<html><body><h1>Server Error</h1><p>Unclosed quotation mark after the character "
+    .. "string 'O''Brien'. Incorrect syntax near 'Brien'.</p></body></html>\n",
+  ["php-source"] = "<?php\n$id = $_GET['id'];\nsession_start();\n$f = fopen('/tmp/x', 'r');\n?>\n",
+}
+
+local served = 0
+
 local function respond(c, path, body_in)
   local peer_ip, peer_port = c:getpeername()
   local head = "HTTP/1.1 200 OK\r\nX-Origin-Peer: " .. peer_ip .. ":" .. peer_port
-    .. "\r\nX-Origin-Path: " .. path .. "\r\nConnection: close\r\n"
+    .. "\r\nX-Origin-Path: " .. path .. "\r\nX-Origin-Count: " .. served .. "\r\nConnection: close\r\n"
+  local cached, mtype, stype, page, filler = path:match("^/(%l+)/([%w.+-]+)/([%w.+-]+)/([%w-]+)/?(%d*)")
+  if (cached == "typed" or cached == "cached") and PAGES[page] then
+    local body = string.rep("-", tonumber(filler) or 0) .. PAGES[page]
+    head = head .. "Content-Type: " .. mtype .. "/" .. stype .. "\r\n"
+    if cached == "cached" then head = head .. "Cache-Control: public, max-age=300\r\n" end
+    c:send(head .. "Content-Length: " .. #body .. "\r\n\r\n" .. body)
+    return
+  end
   local bytes, block, ms = path:match("^/slow%-chunked/(%d+)/(%d+)/(%d+)")
   if bytes then
     bytes, block, ms = tonumber(bytes), tonumber(block), tonumber(ms)
@@ -61,6 +83,7 @@ while true do
       end
       body_in = table.concat(parts)
     end
+    served = served + 1
     pcall(respond, c, path, body_in)
     c:close()
   end

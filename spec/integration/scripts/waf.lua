@@ -1,6 +1,7 @@
 -- ts_ffi.waf inside traffic_server (waf_spec.lua): the OWASP CRS from Debian, the talk's
 -- custom rule and a few rules of the spec's own. Remap pparams: "open" (fail-open),
--- "limit=N" (request_body_limit).
+-- "limit=N" (request_body_limit), "nobody" (request_body = false), "rlimit=N"
+-- (response_body_limit), "noresponse" (response = false).
 local waf = require "ts_ffi.waf"
 
 local engine = assert(waf.new {
@@ -33,6 +34,9 @@ function __init__(args)
     local limit = a:match("^limit=(%d+)$")
     if limit then opts.request_body_limit = tonumber(limit) end
     if a == "nobody" then opts.request_body = false end
+    local rlimit = a:match("^rlimit=(%d+)$")
+    if rlimit then opts.response_body_limit = tonumber(rlimit) end
+    if a == "noresponse" then opts.response = false end
   end
   return 0
 end
