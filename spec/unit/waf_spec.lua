@@ -132,6 +132,12 @@ describe("ts_ffi.waf", function()
         { { request_body_limit = -1 }, "bad request_body_limit %(a byte count >= 0 expected, got %-1%)" },
         { { request_body_limit = 1.5 }, "bad request_body_limit %(a byte count >= 0 expected" },
         { { request_body_limit = "1k" }, "bad request_body_limit %(a byte count >= 0 expected" },
+        { { response_body_limit = -1 }, "bad response_body_limit %(a byte count from 0 to 2%^31 expected, got %-1%)" },
+        { { response_body_limit = 2^40 }, "bad response_body_limit %(a byte count from 0 to 2%^31 expected" },
+        { { response_body_types = "text/html" }, "bad response_body_types %(a list of media types expected, got \"text/html\"%)" },
+        { { response_body_types = { "text/html", "html" } }, "bad response_body_types%[2%] %(a media type such as \"text/html\" expected, got \"html\"%)" },
+        { { response_body_types = { "text/html; charset=utf-8" } }, "bad response_body_types%[1%] %(a media type" },
+        { { response_body_types = { "text/html", x = "text/xml" } }, "bad response_body_types %(a list expected; it has the key \"x\"%)" },
       }
       for _, c in ipairs(cases) do
         local ok, err = double.run(thread, function()
