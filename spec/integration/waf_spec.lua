@@ -309,6 +309,21 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
         .. "<html><head><title>Welcome</title></head><body><p>Hello, world.</p></body></html>\n", res.body)
     end)
 
+    it("clients hanging up while their bodies are held or inspected: still serving", function()
+      -- 500 KB bodies take milliseconds to inspect; these clients leave after 30 ms.
+      local urls = {}
+      for i = 1, 30 do
+        urls[i] = string.format("-o /dev/null 'http://127.0.0.1:%d/typed/text/html/%s/%d'", sb.port,
+          i % 2 == 0 and "sql-error" or "clean", 500000 + i)
+      end
+      os.execute("curl -s -Z --parallel-max 30 --max-time 0.03 -H 'Host: waf.test' " .. BROWSER .. " "
+        .. table.concat(urls, " ") .. " >/dev/null 2>&1")
+      os.execute("sleep 1")
+      assert.is_true(sb:alive())
+      assert.equal(403, page("waf.test", "/typed/text/html/sql-error").status)
+      assert.equal(200, page("waf.test", "/typed/text/html/clean").status)
+    end)
+
     it("concurrent leaking and clean pages: right answers, still serving", function()
       local paths = {}
       for i = 1, 40 do
