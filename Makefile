@@ -14,7 +14,7 @@ APT_PKGS  := trafficserver trafficserver-dev luajit libluajit-5.1-dev luarocks l
 LUA_SRC   := $(wildcard lua/ts_ffi/*.lua) conf/modsecurity.conf
 RUST_SRC  := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
 
-.PHONY: deps rust-check build tree double unit integration cargo-test test demo clean panic-build bench soak
+.PHONY: deps rust-check build tree double unit integration cargo-test test demo clean panic-build bench soak soak-waf
 
 # Debian packages: installed with apt-get when any is missing (needs root, as on CI).
 deps: build/.deps
@@ -85,6 +85,12 @@ SOAK_SECONDS ?= 60
 soak: tree
 	TS_FFI_SOAK_SECONDS=$(SOAK_SECONDS) TS_FFI_SOAK_WARMUP=15 TS_FFI_SOAK_RSS=1 \
 	  $(BUSTED) --run=integration spec/integration/soak_spec.lua
+
+# WAF soak: 100 reloads under load (spec/integration/waf_robust_spec.lua; make test runs 10).
+WAF_RELOADS ?= 100
+soak-waf: tree
+	TS_FFI_WAF_RELOADS=$(WAF_RELOADS) $(BUSTED) --run=integration --filter=reloads \
+	  spec/integration/waf_robust_spec.lua
 
 clean:
 	rm -rf build target
