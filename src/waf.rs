@@ -612,6 +612,8 @@ fn body_decision(t: &WafTxn, verdict: Verdict) -> body::Decision {
     };
     let (status, location) = match verdict {
         Verdict::Allow | Verdict::Fail(_) => return body::Decision::Pass,
+        // The response body phase cannot close the connection (see CLOSE_STATUS): a plain 403.
+        Verdict::Deny { status: CLOSE_STATUS } => (403, None),
         Verdict::Deny { status } => (status, None),
         Verdict::Redirect { status, url } => (status, Some(url)),
     };
@@ -649,6 +651,25 @@ inspects.</p></body></html>\n";
 const BAD_BODY: &str = "<html><head><title>Bad Request</title></head><body><h1>Bad Request</h1>\
 <p>The request body's chunked encoding is malformed.</p></body></html>\n";
 
+/// A rule's `status:444` (nginx's convention) closes the client connection without a response:
+/// libmodsecurity 3.0.9 turns `drop` into a plain deny, so this is how a rule really drops.
+pub const CLOSE_STATUS: i32 = 444;
+
+/// Shuts the client connection down (FIN both ways) on the transaction's thread, while the
+/// transaction still owns the descriptor: ATS then sees the connection end and closes it. An
+/// HTTP/2 connection goes as a whole.
+unsafe fn close_client(txn: TSHttpTxn) {
+    let Ok(fd_get) = (|| Ok::<_, Code>(ts_fn!(TSHttpTxnClientFdGet)))() else { return };
+    let mut fd: c_int = -1;
+    // SAFETY: the descriptor belongs to the live transaction (we are on its thread, before
+    // re-enabling it); shutdown does not close it, so it cannot be reused under ATS.
+    unsafe {
+        if fd_get(txn, &mut fd) == sys::TSReturnCode_TS_SUCCESS && fd >= 0 {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
+
 /// Applies a verdict on the transaction's thread and re-enables it; `body_next`: an allowed
 /// response's body is held back for phase 4.
 unsafe fn apply(t: &Arc<WafTxn>, txn: TSHttpTxn, verdict: Verdict, body_next: bool) -> Result<(), Code> {
@@ -673,6 +694,10 @@ unsafe fn apply(t: &Arc<WafTxn>, txn: TSHttpTxn, verdict: Verdict, body_next: bo
                 }
                 reenable(txn, sys::TSEvent_TS_EVENT_HTTP_CONTINUE);
                 return Ok(());
+            }
+            Verdict::Deny { status: CLOSE_STATUS } => {
+                close_client(txn);
+                (403, None)
             }
             Verdict::Deny { status } => (status, None),
             Verdict::Redirect { status, url } => (status, Some(url)),

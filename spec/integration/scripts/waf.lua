@@ -15,6 +15,8 @@ SecRule ARGS:testparam "@contains test" "id:1234,deny,status:403"
 SecRule ARGS:go "@streq away" "id:1235,phase:1,redirect:http://moved.test/elsewhere"
 SecRule REQUEST_HEADERS:X-Waf-Test "@streq teapot" "id:1237,phase:1,deny,status:418"
 SecRule ARGS:drop "@streq me" "id:1238,phase:1,drop"
+SecRule ARGS:close "@streq now" "id:1240,phase:1,deny,status:444"
+SecRule ARGS_POST:close "@streq now" "id:1241,phase:2,deny,status:444"
 SecRule ARGS_POST:probe "@streq evil" "id:1239,phase:2,deny,status:403"
 SecRule RESPONSE_HEADERS:X-Origin-Path "@contains leak-header" \
     "id:1236,phase:3,deny,status:403,msg:'response header leak'"
