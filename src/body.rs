@@ -208,13 +208,7 @@ unsafe fn take_input(into: &mut Vec<u8>, input: TSVIO, max: i64) -> Result<i64, 
 
 /// One event of the transform VConn (the usual TSTransform shape).
 unsafe fn on_event(contp: TSCont, event: TSEvent) -> Result<(), Code> {
-    let (closed_get, data_get, write_vio_get, vio_cont, call) = (
-        ts_fn!(TSVConnClosedGet),
-        ts_fn!(TSContDataGet),
-        ts_fn!(TSVConnWriteVIOGet),
-        ts_fn!(TSVIOContGet),
-        ts_fn!(TSContCall),
-    );
+    let (closed_get, data_get) = (ts_fn!(TSVConnClosedGet), ts_fn!(TSContDataGet));
     unsafe {
         let t_ptr = data_get(contp) as *mut Transform;
         if closed_get(contp) != 0 {
@@ -222,6 +216,19 @@ unsafe fn on_event(contp: TSCont, event: TSEvent) -> Result<(), Code> {
         }
         let Some(t) = t_ptr.as_mut() else { return Ok(()) };
         t.shared.started.store(true, Ordering::Release);
+        if !common_event(contp, event)? {
+            transform(contp, t)?;
+        }
+    }
+    Ok(())
+}
+
+/// The events every transform VConn answers alike (an upstream error, the output done);
+/// false for the others.
+unsafe fn common_event(contp: TSCont, event: TSEvent) -> Result<bool, Code> {
+    let (write_vio_get, vio_cont, call) = (ts_fn!(TSVConnWriteVIOGet), ts_fn!(TSVIOContGet), ts_fn!(TSContCall));
+    // SAFETY: the VConn's own VIOs, on its mutex.
+    unsafe {
         match event {
             sys::TSEvent_TS_EVENT_ERROR => {
                 let input = write_vio_get(contp);
@@ -230,10 +237,10 @@ unsafe fn on_event(contp: TSCont, event: TSEvent) -> Result<(), Code> {
             sys::TSEvent_TS_EVENT_VCONN_WRITE_COMPLETE => {
                 ts_fn!(TSVConnShutdown)(ts_fn!(TSTransformOutputVConnGet)(contp), 0, 1);
             }
-            _ => transform(contp, t)?,
+            _ => return Ok(false),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 unsafe fn transform(contp: TSCont, t: &mut Transform) -> Result<(), Code> {
@@ -611,13 +618,7 @@ unsafe extern "C" fn held_handler(contp: TSCont, event: TSEvent, _edata: *mut c_
 }
 
 unsafe fn on_held_event(contp: TSCont, event: TSEvent) -> Result<(), Code> {
-    let (closed_get, data_get, write_vio_get, vio_cont, call) = (
-        ts_fn!(TSVConnClosedGet),
-        ts_fn!(TSContDataGet),
-        ts_fn!(TSVConnWriteVIOGet),
-        ts_fn!(TSVIOContGet),
-        ts_fn!(TSContCall),
-    );
+    let (closed_get, data_get) = (ts_fn!(TSVConnClosedGet), ts_fn!(TSContDataGet));
     unsafe {
         let h_ptr = data_get(contp) as *mut Held;
         let Some(h) = h_ptr.as_mut() else { return Ok(()) };
@@ -641,15 +642,8 @@ unsafe fn on_held_event(contp: TSCont, event: TSEvent) -> Result<(), Code> {
         if let Some(d) = decision {
             h.decided(contp, d)?;
         }
-        match event {
-            sys::TSEvent_TS_EVENT_ERROR => {
-                let input = write_vio_get(contp);
-                call(vio_cont(input), sys::TSEvent_TS_EVENT_ERROR, input as *mut c_void);
-            }
-            sys::TSEvent_TS_EVENT_VCONN_WRITE_COMPLETE => {
-                ts_fn!(TSVConnShutdown)(ts_fn!(TSTransformOutputVConnGet)(contp), 0, 1);
-            }
-            _ => h.step(contp)?,
+        if !common_event(contp, event)? {
+            h.step(contp)?;
         }
     }
     Ok(())

@@ -60,6 +60,11 @@ unsafe fn take_c_string(p: &mut *mut c_char) -> Option<String> {
 
 pub type LogCb = unsafe extern "C" fn(*mut c_void, *const c_void);
 
+/// `msc_append_request_body` / `msc_append_response_body`.
+pub type AppendFn = unsafe extern "C" fn(*mut c_void, *const c_uchar, usize) -> c_int;
+/// The phase functions taking only the transaction.
+pub type TxnFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+
 /// The C API of libmodsecurity 3 (the functions ts_ffi uses).
 pub struct Fns {
     pub msc_init: unsafe extern "C" fn() -> *mut c_void,
@@ -76,15 +81,13 @@ pub struct Fns {
     pub msc_add_n_request_header:
         unsafe extern "C" fn(*mut c_void, *const c_uchar, usize, *const c_uchar, usize) -> c_int,
     pub msc_process_request_headers: unsafe extern "C" fn(*mut c_void) -> c_int,
-    #[allow(dead_code)] // request bodies: not yet
-    pub msc_append_request_body: unsafe extern "C" fn(*mut c_void, *const c_uchar, usize) -> c_int,
-    pub msc_process_request_body: unsafe extern "C" fn(*mut c_void) -> c_int,
+    pub msc_append_request_body: AppendFn,
+    pub msc_process_request_body: TxnFn,
     pub msc_add_n_response_header:
         unsafe extern "C" fn(*mut c_void, *const c_uchar, usize, *const c_uchar, usize) -> c_int,
     pub msc_process_response_headers: unsafe extern "C" fn(*mut c_void, c_int, *const c_char) -> c_int,
-    #[allow(dead_code)] // response bodies: not yet
-    pub msc_append_response_body: unsafe extern "C" fn(*mut c_void, *const c_uchar, usize) -> c_int,
-    pub msc_process_response_body: unsafe extern "C" fn(*mut c_void) -> c_int,
+    pub msc_append_response_body: AppendFn,
+    pub msc_process_response_body: TxnFn,
     pub msc_intervention: unsafe extern "C" fn(*mut c_void, *mut Intervention) -> c_int,
     pub msc_process_logging: unsafe extern "C" fn(*mut c_void) -> c_int,
     pub msc_update_status_code: unsafe extern "C" fn(*mut c_void, c_int) -> c_int,

@@ -437,9 +437,22 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
         }
         v
     };
+    // A body phase (2 or 4): the body, if any, then the phase.
+    let body_phase = |append: msc::AppendFn, process: msc::TxnFn, body: &[u8]| -> Verdict {
+        unsafe {
+            if !body.is_empty() {
+                append(tx, body.as_ptr(), body.len());
+                if let Some(v) = check() {
+                    return v;
+                }
+            }
+            process(tx);
+        }
+        check().unwrap_or(Verdict::Allow)
+    };
     unsafe {
         match phase {
-            Phase::Request(r, body_phase) => {
+            Phase::Request(r, with_body_phase) => {
                 let (ci, si) = (cstr(&r.client.0), cstr(&r.server.0));
                 (f.msc_process_connection)(tx, ci.as_ptr(), r.client.1.into(), si.as_ptr(), r.server.1.into());
                 if let Some(v) = check() {
@@ -457,7 +470,7 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
                 if let Some(v) = check() {
                     return v;
                 }
-                if !*body_phase {
+                if !*with_body_phase {
                     // Phase 2 runs with the body, at REQUEST_BUFFER_READ_COMPLETE.
                     return Verdict::Allow;
                 }
@@ -465,16 +478,7 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
                 (f.msc_process_request_body)(tx);
                 check().unwrap_or(Verdict::Allow)
             }
-            Phase::Body(body) => {
-                if !body.is_empty() {
-                    (f.msc_append_request_body)(tx, body.as_ptr(), body.len());
-                    if let Some(v) = check() {
-                        return v;
-                    }
-                }
-                (f.msc_process_request_body)(tx);
-                check().unwrap_or(Verdict::Allow)
-            }
+            Phase::Body(body) => body_phase(f.msc_append_request_body, f.msc_process_request_body, body),
             Phase::Response(r, body_follows) => {
                 for (k, v) in &r.headers {
                     (f.msc_add_n_response_header)(tx, k.as_ptr(), k.len(), v.as_ptr(), v.len());
@@ -490,16 +494,7 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
                 (f.msc_process_response_body)(tx);
                 check().unwrap_or(Verdict::Allow)
             }
-            Phase::ResponseBody(body) => {
-                if !body.is_empty() {
-                    (f.msc_append_response_body)(tx, body.as_ptr(), body.len());
-                    if let Some(v) = check() {
-                        return v;
-                    }
-                }
-                (f.msc_process_response_body)(tx);
-                check().unwrap_or(Verdict::Allow)
-            }
+            Phase::ResponseBody(body) => body_phase(f.msc_append_response_body, f.msc_process_response_body, body),
             Phase::Close { status } => {
                 if *status > 0 {
                     (f.msc_update_status_code)(tx, *status);
