@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MAXN 64
 
@@ -107,7 +108,7 @@ done:
 }
 
 int main(int argc, char **argv) {
-  int n = 1000, runs = 5, warmup = 100, nuri = 0, nfile = 0;
+  int n = 1000, runs = 5, warmup = 100, nuri = 0, nfile = 0, gap_us = 0;
   const char *uris[MAXN], *files[1024];
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -120,6 +121,7 @@ int main(int argc, char **argv) {
     case 'n': n = atoi(v); break;
     case 'r': runs = atoi(v); break;
     case 'w': warmup = atoi(v); break;
+    case 'g': gap_us = atoi(v); break;
     case 'u': if (nuri < MAXN) uris[nuri++] = v; break;
     case 'f': if (nfile < 1024) files[nfile++] = v; break;
     case 'h': if (nreq < MAXN && split(v, &req[nreq]) == 0) nreq++; break;
@@ -154,6 +156,7 @@ int main(int argc, char **argv) {
       int status = 0;
       double sum = 0, cpu0 = now_us(CLOCK_PROCESS_CPUTIME_ID);
       for (int i = 0; i < n; i++) {
+        if (gap_us > 0) usleep(gap_us);
         double t0 = now_us(CLOCK_MONOTONIC);
         status = transaction(msc, rules, uris[u]);
         t[i] = now_us(CLOCK_MONOTONIC) - t0;
