@@ -93,8 +93,9 @@ local function rule_files(tree)
 end
 
 -- libmodsecurity in C: { rules =, clean = { median = {}, cpu = {}, status = }, attack = ... }
-local function c_cost(opts, files, log, gap_us, n)
-  local args = { BIN .. "/waf_cost", "-n", n, "-r", opts.runs, "-w", 200, "-g", gap_us,
+-- One run of bench/waf_cost (both requests), added to `into` ({ clean =, attack = }).
+local function c_cost(into, files, log, gap_us, n)
+  local args = { BIN .. "/waf_cost", "-n", n, "-r", 1, "-w", 50, "-g", gap_us,
                  "-h", q("Host: " .. WAF_HOST) }
   for _, h in ipairs(M.HEADERS) do args[#args + 1] = "-h " .. q(h) end
   -- nginx's answer (bench/run.lua's origin), as traffic_server hands it to the WAF
@@ -107,14 +108,16 @@ local function c_cost(opts, files, log, gap_us, n)
   for _, f in ipairs(files) do args[#args + 1] = "-f " .. q(f) end
   local out, ok = capture(table.concat(args, " "))
   if not ok then error("bench/waf_cost failed:\n" .. out, 0) end
-  local res = { rules = tonumber(out:match("rules (%d+)")), clean = {}, attack = {} }
+  local res = into
+  res.rules = tonumber(out:match("rules (%d+)"))
+  res.clean, res.attack = res.clean or {}, res.attack or {}
   for run, uri, status, med, p90, mean, cpu in out:gmatch(
       "run (%d+) uri (%d+) status (%d+) median_us ([%d.]+) p90_us ([%d.]+) mean_us ([%d.]+) cpu_us ([%d.]+)") do
     local t = res[uri == "1" and "clean" or "attack"]
     t.status = tonumber(status)
     push(t, "median", tonumber(med))
     push(t, "cpu", tonumber(cpu))
-    log("waf C (gap %d us) run %s %-6s status %s median %s us cpu %s us", gap_us, run,
+    log("waf C (gap %d us) %-6s status %s median %s us cpu %s us", gap_us,
       uri == "1" and "clean" or "attack", status, med, cpu)
   end
   return res
@@ -267,8 +270,9 @@ function M.run(o, env)
     crs = capture("dpkg-query -W -f='${Version}' modsecurity-crs"),
   }
 
-  res.c = c_cost(opts, files, log, 0, opts.n)
-  res.c_paced = c_cost(opts, files, log, opts.gap, math.min(opts.n, 100))
+  -- C runs interleaved with ts_ffi's (same machine conditions): hot with each throughput
+  -- run at the first task_threads, paced with each sequential run.
+  res.c, res.c_paced = {}, {}
 
   local scratch = capture("mktemp -d /tmp/ts_ffi_wafbench.XXXXXX")
   local ok, err = pcall(function()
@@ -286,6 +290,7 @@ function M.run(o, env)
         if ti == 1 then ------------------------------------------------ 1. cost, sequential
           res.seq = { task_threads = threads }
           for run = 1, opts.runs do
+            c_cost(res.c_paced, files, log, opts.gap, math.min(opts.n, 100))
             for _, kind in ipairs { "clean", "attack" } do
               local per = {}
               for _, host in ipairs { WAF_HOST, OFF_HOST } do
@@ -317,6 +322,7 @@ function M.run(o, env)
         local tp = { threads = threads }
         res.tp[#res.tp + 1] = tp
         for run = 1, opts.runs do
+          if ti == 1 then c_cost(res.c, files, log, 0, opts.n) end
           for _, mix in ipairs(MIXES) do
             if not (mix[4] and ti > 1) then -- the no-WAF baseline: once
             local script = wrk_script(scratch, mix[4] or WAF_HOST, mix[2])
@@ -424,9 +430,10 @@ function M.section(res, machine)
   w("*C* is bench/waf_cost.c: libmodsecurity's C API with the calls ts_ffi.waf makes for a GET")
   w("(connection, URI, request headers, phase 2, response headers and body phase, status,")
   w("logging, cleanup; a denial ends the inspection as in ts_ffi), one transaction after")
-  w("another in one thread, each timed: *hot* back to back (%d per run; caches warm, the floor),", o.n)
-  w("*paced* with %d µs of sleep before each (100 per run; what a lone request meets: caches and", o.gap)
-  w("CPU cooled down by other work, as on this shared machine).")
+  w("another in one thread, each timed: *hot* back to back (%d per run, one run just before", o.n)
+  w("each wrk run at the first task_threads below; caches warm, the floor), *paced* with %d µs", o.gap)
+  w("of sleep before each (100 per run, one run before each round of sequential requests; what a")
+  w("lone request meets: caches and CPU cooled down by other work, as on this shared machine).")
   w("")
   w("**CPU per request under load** (the goal's measure here): traffic_server's CPU time, all")
   w("threads (run time from /proc/<pid>/task/*/schedstat), over the wrk runs below at")
