@@ -17,7 +17,8 @@
 --
 -- Options (bench/run.lua's): --waf-runs 5, --waf-seconds 4 (each throughput and latency
 -- run), --waf-seq-seconds 1.5 (each sequential cost run), --waf-n 1000 (C transactions per
--- run), --waf-task-threads 2,4, --waf-connections 32, --waf-probe-rate 200.
+-- run), --waf-task-threads 2,4, --waf-connections 32, --waf-probe-rate 200, --waf-gap-us 5000
+-- (sleep before each paced C transaction). Shorter: --waf-runs 3 --waf-seconds 2.
 local ats = require "support.ats"
 local load = require "support.load"
 

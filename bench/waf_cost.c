@@ -7,7 +7,7 @@
  * logging phase, and cleanup. A disruptive intervention ends the inspection as in ts_ffi
  * (the rest of the request and the response phases are skipped; logging still runs).
  *
- *   waf_cost [-n transactions] [-r runs] [-w warmup] [-h 'Name: value']... [-s 'Name: value']...
+ *   waf_cost [-n transactions] [-r runs] [-w warmup] [-g gap_us] [-h 'Name: value']... [-s ...]...
  *            -u URI [-u URI]... -f rules.conf [-f rules.conf]...
  *
  * Output, one line per run and URI (URIs interleaved within a run):
@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!v || a[0] != '-' || strlen(a) != 2) {
-      fprintf(stderr, "usage: waf_cost [-n N] [-r runs] [-w warmup] [-h hdr]... [-s hdr]... -u URI... -f file...\n");
+      fprintf(stderr, "usage: waf_cost [-n N] [-r runs] [-w warmup] [-g gap_us] [-h hdr]... [-s hdr]... -u URI... -f file...\n");
       return 2;
     }
     i++;
