@@ -14,7 +14,7 @@ APT_PKGS  := trafficserver trafficserver-dev luajit libluajit-5.1-dev luarocks l
 LUA_SRC   := $(wildcard lua/ts_ffi/*.lua) conf/modsecurity.conf
 RUST_SRC  := $(wildcard src/*.rs) build.rs Cargo.toml Cargo.lock
 
-.PHONY: deps rust-check build tree double unit integration cargo-test test demo clean panic-build bench soak soak-waf
+.PHONY: deps rust-check build tree double unit integration cargo-test test demo clean panic-build bench soak soak-waf bench-waf
 
 # Debian packages: installed with apt-get when any is missing (needs root, as on CI).
 deps: build/.deps
@@ -78,6 +78,11 @@ demo: tree
 # and an nginx origin; writes BENCHMARKS.md. Not part of `make test`. BENCH_ARGS: see bench/run.lua.
 bench: tree
 	luajit bench/run.lua $(BENCH_ARGS)
+
+# The WAF part alone (bench/waf.lua: libmodsecurity in C next to ts_ffi.waf, throughput, latency
+# of requests that skip the WAF); replaces only the WAF section of BENCHMARKS.md.
+bench-waf: tree
+	luajit bench/run.lua --only waf $(BENCH_ARGS)
 
 # Soak: 60 s of wrk through the proxy after a 15 s warm-up; zero non-2xx, zero socket errors,
 # ts_ffi agreeing with ts_lua, traffic_server RSS growth < 5%. (`make test` runs 10 s of it.)

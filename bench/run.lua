@@ -3,8 +3,10 @@
 -- with wrk against the proxy and an nginx origin; writes BENCHMARKS.md.
 --
 --   luajit bench/run.lua [--runs 5] [--n 1000000] [--e2e-runs 5] [--seconds 6]
---                        [--connections 32] [--only micro|e2e] [--out BENCHMARKS.md]
+--                        [--connections 32] [--only micro|e2e|waf] [--out BENCHMARKS.md]
 --                        [--cases <Lua pattern of case names>]
+-- The WAF part (bench/waf.lua, its own options --waf-*) appends its section; `--only waf`
+-- replaces just that section of the existing BENCHMARKS.md.
 package.path = "spec/?.lua;" .. package.path
 local ats = require "support.ats"
 local load = require "support.load"
@@ -22,6 +24,7 @@ end
 
 local ROOT = ats.root
 local CASES = dofile(ROOT .. "/bench/cases.lua")
+local WAF = dofile(ROOT .. "/bench/waf.lua")
 local VARIANTS = { "ffi", "ts_lua", "raw" }
 local QUIET = { "CONFIG proxy.config.diags.debug.enabled INT 0" } -- no per-request debug log
 
@@ -89,7 +92,7 @@ local origin = load.nginx { body = string.rep("x", 100) .. "\n" }
 local report = { micro = {}, e2e = nil }
 local ok, err = pcall(function()
   ------------------------------------------------------------------------------ micro
-  if opts.only ~= "e2e" then
+  if not opts.only or opts.only == "micro" then
     for _, mode in ipairs { "jit", "interp" } do
       local sb = ats.start {
         origin_port = origin.port, max_states = 2, records = QUIET,
@@ -155,7 +158,7 @@ local ok, err = pcall(function()
     end
   end
   ------------------------------------------------------------------------------ e2e
-  if opts.only ~= "micro" then
+  if not opts.only or opts.only == "e2e" then
     local rules = {
       { "ts_ffi", "e2e-ffi.test", ROOT .. "/bench/e2e_ffi.lua" },
       { "ts_lua", "e2e-ts-lua.test", ROOT .. "/bench/e2e_ts_lua.lua" },
@@ -189,6 +192,9 @@ local ok, err = pcall(function()
     end)
     sb:stop()
     if not oke then error(erre, 0) end
+  end
+  if not opts.only or opts.only == "waf" then
+    report.waf = WAF.run(opts, { origin = origin, log = log })
   end
 end)
 origin:stop()
@@ -319,6 +325,8 @@ if report.e2e then
   w("")
 end
 local text = table.concat(out, "\n")
+text = WAF.splice(text, report.waf and WAF.section(report.waf, machine), ats.read(opts.out),
+  opts.only == "waf")
 if opts.out ~= "-" then
   local f = assert(io.open(opts.out, "w"))
   f:write(text)
