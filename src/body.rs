@@ -531,12 +531,15 @@ impl Resume {
             let (mutex_get, lock, unlock, schedule) =
                 (ts_fn!(TSContMutexGet), ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock), ts_fn!(TSContScheduleOnThread));
             // SAFETY: the VConn stays alive until it has taken the decision (see above); its
-            // mutex is held while the decision is stored and the VConn scheduled.
+            // mutex is held while the decision is stored and the VConn scheduled. The second
+            // event is for the 10 ms retry race described at `waf::schedule_task`.
             unsafe {
                 let m = mutex_get(vconn);
                 lock(m);
                 *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(decision);
-                schedule(vconn, 0, self.thread as sys::TSEventThread);
+                let thread = self.thread as sys::TSEventThread;
+                schedule(vconn, 0, thread);
+                schedule(vconn, crate::waf::BACKUP_EVENT_MS, thread);
                 unlock(m);
             }
             Ok(())

@@ -327,6 +327,8 @@ struct Inner {
     request: Option<Request>,
     /// The request body phase (2) waits for REQUEST_BUFFER_READ_COMPLETE.
     body_pending: bool,
+    /// A task's verdict for the verdict continuation (and whether a held body follows).
+    pending: Option<(Verdict, bool)>,
 }
 
 // SAFETY: the libmodsecurity transaction is only used under the `inner` mutex.
@@ -353,6 +355,8 @@ struct WafTxn {
     closed: AtomicBool,
     /// The hook continuation (to add SEND_RESPONSE_HDR later), as an address.
     hook_cont: usize,
+    /// The verdict continuation (see `hand_back`), as an address.
+    verdict_cont: usize,
     /// Largest request body inspected (decoded bytes); beyond it the answer is 413.
     body_limit: i64,
     /// The request body is chunk-encoded in ATS's buffer.
@@ -380,15 +384,14 @@ struct Job {
     t: Arc<WafTxn>,
     phase: Phase,
     txn: usize,
-    thread: usize,
     verdict: Verdict,
     /// The verdict goes to a held response body (phase 4) instead of the transaction.
     resume: Option<body::Resume>,
 }
 
 impl Job {
-    fn new(t: Arc<WafTxn>, phase: Phase, txn: TSHttpTxn, thread: usize) -> Box<Job> {
-        Box::new(Job { t, phase, txn: txn as usize, thread, verdict: Verdict::Allow, resume: None })
+    fn new(t: Arc<WafTxn>, phase: Phase, txn: TSHttpTxn) -> Box<Job> {
+        Box::new(Job { t, phase, txn: txn as usize, verdict: Verdict::Allow, resume: None })
     }
 }
 
@@ -506,7 +509,17 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
     }
 }
 
+/// How long after the first event the second one for the same job comes (ms).
+pub const BACKUP_EVENT_MS: sys::TSHRTime = 1;
+
 /// Queues `job` on a task thread; gives it back if ATS refuses.
+///
+/// Two events carry the job: one at once, one `BACKUP_EVENT_MS` later; whichever runs first
+/// takes it. TSContScheduleOnPool holds the continuation's mutex while it wakes a task thread,
+/// and a task thread that wakes fast enough to find it still held puts the event back for
+/// 10 ms (ATS 9.2's EThread::process_event; seen with strace: the woken task thread goes back
+/// to sleep without running the job). The second event does not meet that lock, so the race
+/// costs 1 ms at the most.
 unsafe fn schedule_task(job: Box<Job>) -> Result<(), Box<Job>> {
     let fns = (|| Ok::<_, Code>((
         ts_fn!(TSContCreate),
@@ -528,17 +541,22 @@ unsafe fn schedule_task(job: Box<Job>) -> Result<(), Box<Job>> {
             destroy(cont);
             return Err(Box::from_raw(raw));
         }
+        // Without the backup the first event still runs the job, only later.
+        let _ = sched(cont, BACKUP_EVENT_MS, sys::TSThreadPool_TS_THREAD_POOL_TASK);
     }
     Ok(())
 }
 
 unsafe extern "C" fn task_handler(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
     let _ = std::panic::catch_unwind(|| unsafe {
+        // Both events run under the continuation's mutex: the first takes the job and destroys
+        // the continuation (ATS frees it once the other event has come, without calling here).
         let raw = ts_fn!(TSContDataGet)(contp) as *mut Job;
-        ts_fn!(TSContDestroy)(contp);
         if raw.is_null() {
             return Ok::<(), Code>(());
         }
+        ts_fn!(TSContDataSet)(contp, std::ptr::null_mut());
+        ts_fn!(TSContDestroy)(contp);
         let mut job = Box::from_raw(raw);
         {
             let mut inner = lock(&job.t.inner);
@@ -568,33 +586,50 @@ unsafe extern "C" fn task_handler(contp: TSCont, _event: TSEvent, _edata: *mut c
     0
 }
 
-/// Sends the verdict to the transaction's thread.
+/// Hands the verdict to the transaction's thread: it is stored for the verdict continuation,
+/// which sits right after the hook continuation at the same hook, and the transaction is
+/// re-enabled from here (TSHttpTxnReenable may be called from any thread: it schedules the
+/// transaction's own continuation, with its own mutex, on the transaction's thread). The
+/// verdict continuation then applies the verdict there.
+///
+/// Why not a continuation of ts_ffi's own scheduled onto the transaction's thread: every
+/// TSContSchedule* call holds that continuation's mutex while it wakes the target thread, and
+/// the woken thread, failing to take it, puts the event back for 10 ms (EThread::process_event,
+/// DELAY_FOR_RETRY in ATS 9.2). Measured: 8–10 ms on most hand-backs of lone requests.
 unsafe fn hand_back(job: Box<Job>) -> Result<(), Code> {
-    let (create, mutex_create, data_set, sched) =
-        (ts_fn!(TSContCreate), ts_fn!(TSMutexCreate), ts_fn!(TSContDataSet), ts_fn!(TSContScheduleOnThread));
-    unsafe {
-        let cont = create(Some(result_handler), mutex_create());
-        if cont.is_null() {
-            return Err(Code::Internal);
-        }
-        let thread = job.thread as sys::TSEventThread;
-        data_set(cont, Box::into_raw(job) as *mut c_void);
-        sched(cont, 0, thread);
-    }
+    let body_next = matches!(job.phase, Phase::Response(_, true));
+    lock(&job.t.inner).pending = Some((job.verdict.clone(), body_next));
+    // SAFETY: the transaction waits at its hook for this re-enable, so it is alive.
+    unsafe { ts_fn!(TSHttpTxnReenable)(job.txn as TSHttpTxn, sys::TSEvent_TS_EVENT_HTTP_CONTINUE) };
     Ok(())
 }
 
-unsafe extern "C" fn result_handler(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
-    let _ = std::panic::catch_unwind(|| unsafe {
-        let raw = ts_fn!(TSContDataGet)(contp) as *mut Job;
-        ts_fn!(TSContDestroy)(contp);
-        if raw.is_null() {
-            return Ok::<(), Code>(());
+/// The verdict continuation: applies the verdict a task left (on the transaction's thread).
+unsafe extern "C" fn verdict_handler(contp: TSCont, _event: TSEvent, edata: *mut c_void) -> c_int {
+    let txn = edata as TSHttpTxn;
+    let r = std::panic::catch_unwind(|| unsafe {
+        let data = ts_fn!(TSContDataGet)(contp) as *const WafTxn;
+        // The hook continuation keeps a reference until TXN_CLOSE.
+        if data.is_null() {
+            return Ok::<bool, Code>(false);
         }
-        let job = Box::from_raw(raw);
-        let body_next = matches!(job.phase, Phase::Response(_, true));
-        apply(&job.t, job.txn as TSHttpTxn, job.verdict.clone(), body_next)
+        // SAFETY: a reference of this call's own.
+        let t = {
+            Arc::increment_strong_count(data);
+            Arc::from_raw(data)
+        };
+        let pending = lock(&t.inner).pending.take();
+        match pending {
+            Some((verdict, body_next)) => apply(&t, txn, verdict, body_next).map(|()| true),
+            None => Ok(false),
+        }
     });
+    if !matches!(r, Ok(Ok(true))) {
+        if let Ok(reenable) = (|| Ok::<_, Code>(ts_fn!(TSHttpTxnReenable)))() {
+            // SAFETY: the hook's own transaction.
+            unsafe { reenable(txn, sys::TSEvent_TS_EVENT_HTTP_CONTINUE) };
+        }
+    }
     0
 }
 
@@ -626,8 +661,7 @@ impl body::Inspector for HeldBody {
     fn inspect(self: Box<Self>, head: Vec<u8>, _complete: bool, resume: body::Resume) {
         let t = self.t;
         // SAFETY: called on the transaction's thread.
-        let thread = unsafe { api().ok().and_then(|a| a.TSEventThreadSelf.as_ref().ok().map(|f| f())) };
-        let mut job = Job::new(t, Phase::ResponseBody(head), self.txn as TSHttpTxn, thread.unwrap_or(std::ptr::null_mut()) as usize);
+        let mut job = Job::new(t, Phase::ResponseBody(head), self.txn as TSHttpTxn);
         job.resume = Some(resume);
         if let Err(mut job) = unsafe { schedule_task(job) } {
             audit(job.t.id, "cannot queue a task for the response body; fail policy applies");
@@ -957,7 +991,6 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
         Arc::from_raw(data)
     };
     let t = &t;
-    let thread = unsafe { ts_fn!(TSEventThreadSelf)() } as usize;
     let phase = match event {
         sys::TSEvent_TS_EVENT_HTTP_POST_REMAP => {
             let req = lock(&t.inner).request.take();
@@ -1025,10 +1058,12 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
             // SAFETY: the hook continuation's reference, released here with the continuation.
             let t = unsafe { Arc::from_raw(data) };
             unsafe {
-                ts_fn!(TSContDataSet)(contp, std::ptr::null_mut());
-                ts_fn!(TSContDestroy)(contp);
+                for c in [contp, t.verdict_cont as TSCont] {
+                    ts_fn!(TSContDataSet)(c, std::ptr::null_mut());
+                    ts_fn!(TSContDestroy)(c);
+                }
             }
-            let job = Job::new(t, Phase::Close { status }, std::ptr::null_mut(), thread);
+            let job = Job::new(t, Phase::Close { status }, std::ptr::null_mut());
             // If no task thread takes it, logging is skipped; the transaction is still freed
             // (by the last reference, after any running phase: the mutex).
             let _ = unsafe { schedule_task(job) };
@@ -1036,7 +1071,7 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
         }
         _ => return Ok(false),
     };
-    let job = Job::new(Arc::clone(t), phase, txn, thread);
+    let job = Job::new(Arc::clone(t), phase, txn);
     match unsafe { schedule_task(job) } {
         Ok(()) => Ok(true),
         Err(job) => {
@@ -1168,7 +1203,13 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64, bo
             return Err(Code::Internal);
         }
         let cont = create(Some(hook_handler), mutex_get(txn as TSCont));
-        if cont.is_null() {
+        let verdict_cont = create(Some(verdict_handler), mutex_get(txn as TSCont));
+        if cont.is_null() || verdict_cont.is_null() {
+            for c in [cont, verdict_cont] {
+                if !c.is_null() {
+                    ts_fn!(TSContDestroy)(c);
+                }
+            }
             return Err(Code::Internal);
         }
         let t = Arc::new(WafTxn {
@@ -1181,23 +1222,33 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64, bo
                 decided: false,
                 request: Some(req),
                 body_pending: false,
+                pending: None,
             }),
             closed: AtomicBool::new(false),
             hook_cont: cont as usize,
+            verdict_cont: verdict_cont as usize,
             body_limit,
             chunked,
             response_body_limit: if flags & FLAG_NO_RESPONSE != 0 { 0 } else { bodies.limit },
             response_body_types: bodies.types,
             head,
         });
-        data_set(cont, Arc::into_raw(t) as *mut c_void);
-        hook_add(txn, sys::TSHttpHookID_TS_HTTP_POST_REMAP_HOOK, cont);
+        // Both continuations use the hook continuation's reference (see TXN_CLOSE).
+        let data = Arc::into_raw(t) as *mut c_void;
+        data_set(cont, data);
+        data_set(verdict_cont, data);
+        // At each hook where a task may run, the verdict continuation comes right after.
+        let mut phases = vec![sys::TSHttpHookID_TS_HTTP_POST_REMAP_HOOK];
         if has_body {
-            hook_add(txn, sys::TSHttpHookID_TS_HTTP_REQUEST_BUFFER_READ_COMPLETE_HOOK, cont);
+            phases.push(sys::TSHttpHookID_TS_HTTP_REQUEST_BUFFER_READ_COMPLETE_HOOK);
         }
         if flags & FLAG_NO_RESPONSE == 0 {
-            hook_add(txn, sys::TSHttpHookID_TS_HTTP_CACHE_LOOKUP_COMPLETE_HOOK, cont);
-            hook_add(txn, sys::TSHttpHookID_TS_HTTP_READ_RESPONSE_HDR_HOOK, cont);
+            phases.push(sys::TSHttpHookID_TS_HTTP_CACHE_LOOKUP_COMPLETE_HOOK);
+            phases.push(sys::TSHttpHookID_TS_HTTP_READ_RESPONSE_HDR_HOOK);
+        }
+        for hook in phases {
+            hook_add(txn, hook, cont);
+            hook_add(txn, hook, verdict_cont);
         }
         hook_add(txn, sys::TSHttpHookID_TS_HTTP_TXN_CLOSE_HOOK, cont);
     }
