@@ -104,6 +104,8 @@ local function c_cost(into, files, log, gap_us, n)
                        "Content-Type: text/plain", "Content-Length: 101", "Connection: keep-alive" } do
     args[#args + 1] = "-s " .. q(h)
   end
+  -- and its body (text/plain: held back and inspected by ts_ffi, so appended here too)
+  args[#args + 1] = "-b " .. q(string.rep("x", 100) .. "\n")
   args[#args + 1] = "-u " .. q(M.CLEAN)
   args[#args + 1] = "-u " .. q(M.ATTACK)
   for _, f in ipairs(files) do args[#args + 1] = "-f " .. q(f) end

@@ -3,11 +3,12 @@
  * bench's traffic_server script loads) and runs each URI through one libmodsecurity
  * transaction after another, with the calls ts_ffi.waf makes for a GET (src/waf.rs,
  * run_phase): connection, URI, request headers, request body (phase 2, no body), response
- * headers, response body (none appended, as ts_ffi today), then the final status and the
+ * headers, response body (the -b bytes appended, as ts_ffi holds back and appends an inspected
+ * response body), then the final status and the
  * logging phase, and cleanup. A disruptive intervention ends the inspection as in ts_ffi
  * (the rest of the request and the response phases are skipped; logging still runs).
  *
- *   waf_cost [-n transactions] [-r runs] [-w warmup] [-g gap_us] [-h 'Name: value']... [-s ...]...
+ *   waf_cost [-n transactions] [-r runs] [-w warmup] [-g gap_us] [-h 'Name: value']... [-s ...]... [-b body]
  *            -u URI [-u URI]... -f rules.conf [-f rules.conf]...
  *
  * Output, one line per run and URI (URIs interleaved within a run):
@@ -73,6 +74,8 @@ static int split(const char *line, struct hdr *h) {
 
 static struct hdr req[MAXN], resp[MAXN];
 static int nreq, nresp;
+/* The response body appended in phase 4 (-b), as ts_ffi does for inspected media types. */
+static const char *resp_body = "";
 
 static int transaction(ModSecurity *msc, RulesSet *rules, const char *uri) {
   Transaction *tx = msc_new_transaction(msc, rules, NULL);
@@ -97,6 +100,10 @@ static int transaction(ModSecurity *msc, RulesSet *rules, const char *uri) {
                               (const unsigned char *)resp[i].value, strlen(resp[i].value));
   msc_process_response_headers(tx, 200, "HTTP 1.1");
   if ((status = check(tx))) goto done;
+  if (*resp_body) {
+    msc_append_response_body(tx, (const unsigned char *)resp_body, strlen(resp_body));
+    if ((status = check(tx))) goto done;
+  }
   msc_process_response_body(tx);
   if ((status = check(tx))) goto done;
   status = 200;
@@ -113,7 +120,7 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!v || a[0] != '-' || strlen(a) != 2) {
-      fprintf(stderr, "usage: waf_cost [-n N] [-r runs] [-w warmup] [-g gap_us] [-h hdr]... [-s hdr]... -u URI... -f file...\n");
+      fprintf(stderr, "usage: waf_cost [-n N] [-r runs] [-w warmup] [-g gap_us] [-h hdr]... [-s hdr]... [-b body] -u URI... -f file...\n");
       return 2;
     }
     i++;
@@ -126,6 +133,7 @@ int main(int argc, char **argv) {
     case 'f': if (nfile < 1024) files[nfile++] = v; break;
     case 'h': if (nreq < MAXN && split(v, &req[nreq]) == 0) nreq++; break;
     case 's': if (nresp < MAXN && split(v, &resp[nresp]) == 0) nresp++; break;
+    case 'b': resp_body = v; break;
     default: fprintf(stderr, "unknown option %s\n", a); return 2;
     }
   }
