@@ -547,7 +547,30 @@ unsafe fn schedule_task(job: Box<Job>) -> Result<(), Box<Job>> {
     Ok(())
 }
 
+/// The nice value ts_ffi gives the task threads it runs libmodsecurity on: when the CPU is
+/// short, the network threads (every request, protected or not) go first and inspections wait.
+pub const TASK_NICE: c_int = 10;
+
+/// Lowers the calling task thread's CPU priority to `TASK_NICE`, once per thread.
+fn lower_priority() {
+    thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    DONE.with(|done| {
+        if !done.replace(true) {
+            // SAFETY: sets this thread's own nice value (Linux: per thread); raising it needs no
+            // privilege. A failure leaves the priority as it was.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+                if now < TASK_NICE {
+                    libc::setpriority(libc::PRIO_PROCESS, tid, TASK_NICE);
+                }
+            }
+        }
+    });
+}
+
 unsafe extern "C" fn task_handler(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
+    lower_priority();
     let _ = std::panic::catch_unwind(|| unsafe {
         // Both events run under the continuation's mutex: the first takes the job and destroys
         // the continuation (ATS frees it once the other event has come, without calling here).
