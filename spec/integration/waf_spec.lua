@@ -280,6 +280,15 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
       assert.equal("text/html", res.headers["content-type"])
     end)
 
+    it("clean application pages and JSON API answers pass intact (no false positives)", function()
+      for _, path in ipairs { "/typed/text/html/clean-app", "/typed/application/json/clean-json",
+                              "/typed/text/plain/clean-json" } do
+        local res = page("waf.test", path)
+        assert.equal(200, res.status, path .. ": " .. res.body)
+        assert.truthy(res.body:find("Widget", 1, true) or res.body:find("Caf\xC3\xA9 mug", 1, true), path)
+      end
+    end)
+
     it("a page leaking an SQL error becomes a 403 with the WAF's own body", function()
       local res = page("waf.test", "/typed/text/html/sql-error")
       assert.equal(403, res.status, res.body)

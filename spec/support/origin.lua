@@ -22,6 +22,14 @@ local PAGES = {
   clean = "<html><head><title>Welcome</title></head><body><p>Hello, world.</p></body></html>\n",
   ["sql-error"] = "<html><body><h1>Server Error</h1><p>Unclosed quotation mark after the character "
     .. "string 'O''Brien'. Incorrect syntax near 'Brien'.</p></body></html>\n",
+  ["clean-app"] = "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Shop</title>"
+    .. "<script src=\"/static/app.js\"></script><script>window.cart = { items: 2, total: \"19.98\" };"
+    .. "</script></head><body><form action=\"/search\" method=\"get\"><input name=\"q\">"
+    .. "<button>Search</button></form><ul><li><a href=\"/item/1\">Caf\xC3\xA9 mug</a></li>"
+    .. "<li><a href=\"/item/2?ref=home&amp;x=1\">Tea &amp; biscuits</a></li></ul>"
+    .. "<p>Orders ship in 2&ndash;3 days. Questions? Mail help@example.com.</p></body></html>\n",
+  ["clean-json"] = "{\"items\":[{\"id\":1,\"name\":\"Widget\",\"price\":9.99,\"tags\":[\"new\",\"sale\"]},"
+    .. "{\"id\":2,\"name\":\"Gadget\",\"price\":19.5,\"tags\":[]}],\"page\":2,\"next\":\"/api/items?page=3\"}\n",
   ["php-source"] = "<?php\n$id = $_GET['id'];\nsession_start();\n$f = fopen('/tmp/x', 'r');\n?>\n",
 }
 
