@@ -167,8 +167,9 @@ pub unsafe fn run<F: Fn(TSHttpTxn) -> Result<Val, Code>>(l: *mut lua::lua_State,
             }
             Ok(Some(Val::Addr(a))) => {
                 let mut buf = [0u8; 64];
-                crate::addr::write_text(a.ip(), &mut buf);
-                lua::lua_pushstring(l, buf.as_ptr() as *const std::os::raw::c_char);
+                // always fits: an address text is at most 45 bytes
+                let n = crate::addr::write_text(a.ip(), &mut buf).unwrap_or(0);
+                lua::lua_pushlstring(l, buf.as_ptr() as *const std::os::raw::c_char, n);
                 lua::lua_pushnumber(l, a.port().into());
                 // the family names are upvalues 3 and 4: interning them per call costs more
                 // than the rest of the call

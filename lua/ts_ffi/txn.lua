@@ -13,7 +13,8 @@ int ts_ffi_txn_id(const ts_ffi_ctx *rec, int64_t *out);
 int ts_ffi_txn_client_fd(const ts_ffi_ctx *rec, int *out);
 int ts_ffi_txn_server_fd(const ts_ffi_ctx *rec, int *out);
 int ts_ffi_txn_is_aborted(const ts_ffi_ctx *rec, int *out);
-int ts_ffi_txn_next_hop_addr(const ts_ffi_ctx *rec, char *ip, size_t ip_len, int *port, int *family);
+int ts_ffi_txn_next_hop_addr(const ts_ffi_ctx *rec, char *ip, size_t ip_len, int *text_len,
+  int *port, int *family);
 int ts_ffi_txn_remap_url(const ts_ffi_ctx *rec, int which, char **out, int *len);
 int ts_ffi_txn_set_outgoing_addr(const ts_ffi_ctx *rec, const char *ip, size_t ip_len, int port);
 int ts_ffi_txn_clear_outgoing_addr(const ts_ffi_ctx *rec);
@@ -23,6 +24,7 @@ void ts_ffi_free(void *p);
 local i64 = ffi.new("int64_t[1]")
 local int = ffi.new("int[1]")
 local int2 = ffi.new("int[1]")
+local int3 = ffi.new("int[1]")
 local str = ffi.new("char *[1]")
 local ipbuf = ffi.new("char[64]")
 
@@ -95,15 +97,37 @@ end)
 
 _M.next_hop_addr = fast("txn_next_hop_addr", function(...)
   no_args("ts_ffi.txn.next_hop_addr", ...)
-  local rc = C.ts_ffi_txn_next_hop_addr(get_ctx("ts_ffi.txn.next_hop_addr"), ipbuf, 64, int, int2)
+  local rc = C.ts_ffi_txn_next_hop_addr(get_ctx("ts_ffi.txn.next_hop_addr"), ipbuf, 64, int3, int,
+    int2)
   if rc ~= 0 then
     return fail("ts_ffi.txn.next_hop_addr", rc, "TSHttpTxnNextHopAddrGet", "no next hop chosen yet")
   end
-  return ffi_string(ipbuf), int[0], int2[0] == 4 and "inet" or "inet6"
+  return ffi_string(ipbuf, int3[0]), int[0], int2[0] == 4 and "inet" or "inet6"
 end)
 
-local function remap_url(fname, which, tsfn)
-  local rc = C.ts_ffi_txn_remap_url(get_ctx(fname), which, str, int)
+local RemapFromUrlGet = base.ts_fn("TSRemapFromUrlGet", "int (*)(void *, void **)")
+local RemapToUrlGet = base.ts_fn("TSRemapToUrlGet", "int (*)(void *, void **)")
+local UrlStringGet = base.ts_fn("TSUrlStringGet", "char *(*)(void *, void *, int *)")
+local TSfree = base.ts_fn("_TSfree", "void (*)(void *)")
+local loc = ffi.new("void *[1]")
+
+local function remap_url(fname, which, tsfn, get)
+  local rec = get_ctx(fname)
+  if get and UrlStringGet and TSfree and rec.alive ~= 0 then -- JIT path (base.ts_fn)
+    local txnp = rec.txn_slot[0]
+    -- as src/txn.rs remap_url: the rule's URL, printed by ATS (bufp may be NULL in 9.2)
+    if txnp ~= nil and get(txnp, loc) == 0 and loc[0] ~= nil then
+      local s = UrlStringGet(nil, loc[0], int)
+      if s ~= nil and int[0] >= 0 then
+        local url = ffi_string(s, int[0])
+        TSfree(s)
+        return url
+      elseif s ~= nil then
+        TSfree(s)
+      end
+    end
+  end
+  local rc = C.ts_ffi_txn_remap_url(rec, which, str, int)
   if rc ~= 0 then
     return fail(fname, rc, tsfn, "no remap rule matched")
   end
@@ -114,12 +138,12 @@ end
 
 _M.remap_from_url = fast("txn_remap_from_url", function(...)
   no_args("ts_ffi.txn.remap_from_url", ...)
-  return remap_url("ts_ffi.txn.remap_from_url", 0, "TSRemapFromUrlGet")
+  return remap_url("ts_ffi.txn.remap_from_url", 0, "TSRemapFromUrlGet", RemapFromUrlGet)
 end)
 
 _M.remap_to_url = fast("txn_remap_to_url", function(...)
   no_args("ts_ffi.txn.remap_to_url", ...)
-  return remap_url("ts_ffi.txn.remap_to_url", 1, "TSRemapToUrlGet")
+  return remap_url("ts_ffi.txn.remap_to_url", 1, "TSRemapToUrlGet", RemapToUrlGet)
 end)
 
 local TOO_LATE = "too late: the origin connection exists or the client has gone"
