@@ -43,7 +43,7 @@ pub enum Val {
     /// `ip, port, family` (`"inet"` / `"inet6"`).
     Addr(std::net::SocketAddr),
     /// A tcp_info the kernel filled so many bytes of: pushed as `ts_ffi.tcpinfo`'s table.
-    TcpInfo(Box<crate::tcpinfo::TcpInfo>, usize),
+    TcpInfo(crate::tcpinfo::TcpInfo, usize),
 }
 
 impl From<i64> for Val {
