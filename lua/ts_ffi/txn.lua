@@ -48,9 +48,20 @@ _M.id = fast("txn_id", function(...)
   return tonumber(i64[0])
 end)
 
+local TxnSsnGet = base.ts_fn("TSHttpTxnSsnGet", "void *(*)(void *)")
+local ClientFdGet = base.ts_fn("TSHttpTxnClientFdGet", "int (*)(void *, int *)")
+
 _M.client_fd = fast("txn_client_fd", function(...)
   no_args("ts_ffi.txn.client_fd", ...)
-  local rc = C.ts_ffi_txn_client_fd(get_ctx("ts_ffi.txn.client_fd"), int)
+  local rec = get_ctx("ts_ffi.txn.client_fd")
+  if TxnSsnGet and ClientFdGet and rec.alive ~= 0 then -- JIT path (base.ts_fn)
+    local txnp = rec.txn_slot[0]
+    -- as src/txn.rs client_fd: ATS reads the client session without checking it
+    if txnp ~= nil and TxnSsnGet(txnp) ~= nil and ClientFdGet(txnp, int) == 0 and int[0] >= 0 then
+      return int[0]
+    end
+  end
+  local rc = C.ts_ffi_txn_client_fd(rec, int)
   if rc ~= 0 then
     return fail("ts_ffi.txn.client_fd", rc, "TSHttpTxnClientFdGet", "client connection is gone")
   end
