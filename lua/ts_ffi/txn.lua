@@ -122,22 +122,8 @@ local UrlStringGet = base.ts_fn("TSUrlStringGet", "char *(*)(void *, void *, int
 local TSfree = base.ts_fn("_TSfree", "void (*)(void *)")
 local loc = ffi.new("void *[1]")
 
-local function remap_url(fname, which, tsfn, get)
-  local rec = get_ctx(fname)
-  if get and UrlStringGet and TSfree and rec.alive ~= 0 then -- JIT path (base.ts_fn)
-    local txnp = rec.txn_slot[0]
-    -- as src/txn.rs remap_url: the rule's URL, printed by ATS (bufp may be NULL in 9.2)
-    if txnp ~= nil and get(txnp, loc) == 0 and loc[0] ~= nil then
-      local s = UrlStringGet(nil, loc[0], int)
-      if s ~= nil and int[0] >= 0 then
-        local url = ffi_string(s, int[0])
-        TSfree(s)
-        return url
-      elseif s ~= nil then
-        TSfree(s)
-      end
-    end
-  end
+-- The flat function's answer (every case, errors included) for the rule's URL.
+local function remap_url(fname, which, tsfn, rec)
   local rc = C.ts_ffi_txn_remap_url(rec, which, str, int)
   if rc ~= 0 then
     return fail(fname, rc, tsfn, "no remap rule matched")
@@ -147,14 +133,44 @@ local function remap_url(fname, which, tsfn, get)
   return url
 end
 
+-- The JIT path (base.ts_fn), as src/txn.rs remap_url: the rule's URL, printed by ATS (bufp
+-- may be NULL in 9.2). Written out in each function: a helper shared by both, called with
+-- either TS* function, gets a trace specialized to one of them, which the other's calls
+-- leave on every call (measured: a loop of either then sometimes costs 2x).
+local JIT_URLS = UrlStringGet and TSfree
+
 _M.remap_from_url = fast("txn_remap_from_url", function(...)
   no_args("ts_ffi.txn.remap_from_url", ...)
-  return remap_url("ts_ffi.txn.remap_from_url", 0, "TSRemapFromUrlGet", RemapFromUrlGet)
+  local rec = get_ctx("ts_ffi.txn.remap_from_url")
+  if JIT_URLS and RemapFromUrlGet and rec.alive ~= 0 then
+    local txnp = rec.txn_slot[0]
+    if txnp ~= nil and RemapFromUrlGet(txnp, loc) == 0 and loc[0] ~= nil then
+      local s = UrlStringGet(nil, loc[0], int)
+      if s ~= nil then
+        local url = int[0] >= 0 and ffi_string(s, int[0])
+        TSfree(s)
+        if url then return url end
+      end
+    end
+  end
+  return remap_url("ts_ffi.txn.remap_from_url", 0, "TSRemapFromUrlGet", rec)
 end)
 
 _M.remap_to_url = fast("txn_remap_to_url", function(...)
   no_args("ts_ffi.txn.remap_to_url", ...)
-  return remap_url("ts_ffi.txn.remap_to_url", 1, "TSRemapToUrlGet", RemapToUrlGet)
+  local rec = get_ctx("ts_ffi.txn.remap_to_url")
+  if JIT_URLS and RemapToUrlGet and rec.alive ~= 0 then
+    local txnp = rec.txn_slot[0]
+    if txnp ~= nil and RemapToUrlGet(txnp, loc) == 0 and loc[0] ~= nil then
+      local s = UrlStringGet(nil, loc[0], int)
+      if s ~= nil then
+        local url = int[0] >= 0 and ffi_string(s, int[0])
+        TSfree(s)
+        if url then return url end
+      end
+    end
+  end
+  return remap_url("ts_ffi.txn.remap_to_url", 1, "TSRemapToUrlGet", rec)
 end)
 
 local TOO_LATE = "too late: the origin connection exists or the client has gone"
