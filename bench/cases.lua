@@ -6,7 +6,8 @@
 -- ts_lua answers the remap URLs). Locals the statements can use: txn, ssn (and any ts_ffi
 -- module by its short name), ts, C (ffi.C), txnp, bufp (client request), ibuf (int[1]),
 -- lbuf (TSMLoc[1]), sbuf (char[64]), tonumber, ffi_string, raw_next_hop; for tcpinfo:
--- ffi_new, tcpinfo_t (a hand-declared struct tcp_info), slen (socklen_t[1]); for geoip: db
+-- ffi_new, tcpinfo_t (a hand-declared struct tcp_info), tcpinfo_full_t (every field declared),
+-- raw_tcp_table (a table of a tcpinfo_full_t's fields), slen (socklen_t[1]); for geoip: db
 -- (ts_ffi.geoip.open of the bench's .mmdb fixture), ip, and libmaxminddb through FFI: mmlib,
 -- mmdb (MMDB_s *, opened once), mpath ({"country","iso_code",NULL}), mres (entry data),
 -- merr (int[2]). `fn`: the ts_ffi function whose presence says the case exists.
@@ -39,6 +40,13 @@ return {
   { "tcpinfo.client.rtt", 'last = tcpinfo.client("rtt")', false,
     "C.TSHttpTxnClientFdGet(txnp, ibuf) local ti = ffi_new(tcpinfo_t) slen[0] = 232 "
       .. "C.getsockopt(ibuf[0], 6, 11, ti, slen) last = ti.rtt", fn = "client" },
+  -- The same work as tcpinfo.client() through raw FFI: getsockopt into a hand-declared
+  -- struct with every field of Linux's struct tcp_info (made per call), then a table of Lua
+  -- numbers of every field (raw_tcp_table in bench/micro.lua, as a script would write it).
+  { "tcpinfo.client.table", "last = tcpinfo.client().rtt", false,
+    "C.TSHttpTxnClientFdGet(txnp, ibuf) local ti = ffi_new(tcpinfo_full_t) slen[0] = 232 "
+      .. "C.getsockopt(ibuf[0], 6, 11, ti, slen) last = raw_tcp_table(ti, slen[0]).rtt",
+    fn = "client" },
   { "geoip.country", "last = db:country(ip)", false,
     "local r = mmlib.MMDB_lookup_string(mmdb, ip, merr, merr + 1) "
       .. "if r.found_entry and mmlib.MMDB_aget_value(r.entry, mres, mpath) == 0 "

@@ -45,6 +45,59 @@ struct ts_ffi_bench_tcp_info {
   uint8_t rest[128];
 };
 ]])
+-- Every field of Linux 5.4+'s struct tcp_info (<linux/tcp.h>), for the full-table row, and
+-- the table a script would build of it: the names and values ts_ffi.tcpinfo answers, every
+-- value a Lua number, each kernel version's fields only when the kernel filled them.
+pcall(ffi.cdef, [[
+struct ts_ffi_bench_tcp_info_full {
+  uint8_t tcpi_state, tcpi_ca_state, tcpi_retransmits, tcpi_probes, tcpi_backoff, tcpi_options;
+  uint8_t tcpi_snd_wscale : 4, tcpi_rcv_wscale : 4;
+  uint8_t tcpi_delivery_rate_app_limited : 1, tcpi_fastopen_client_fail : 2;
+  uint32_t tcpi_rto, tcpi_ato, tcpi_snd_mss, tcpi_rcv_mss;
+  uint32_t tcpi_unacked, tcpi_sacked, tcpi_lost, tcpi_retrans, tcpi_fackets;
+  uint32_t tcpi_last_data_sent, tcpi_last_ack_sent, tcpi_last_data_recv, tcpi_last_ack_recv;
+  uint32_t tcpi_pmtu, tcpi_rcv_ssthresh, tcpi_rtt, tcpi_rttvar, tcpi_snd_ssthresh, tcpi_snd_cwnd;
+  uint32_t tcpi_advmss, tcpi_reordering, tcpi_rcv_rtt, tcpi_rcv_space, tcpi_total_retrans;
+  uint64_t tcpi_pacing_rate, tcpi_max_pacing_rate, tcpi_bytes_acked, tcpi_bytes_received;
+  uint32_t tcpi_segs_out, tcpi_segs_in, tcpi_notsent_bytes, tcpi_min_rtt;
+  uint32_t tcpi_data_segs_in, tcpi_data_segs_out;
+  uint64_t tcpi_delivery_rate, tcpi_busy_time, tcpi_rwnd_limited, tcpi_sndbuf_limited;
+  uint32_t tcpi_delivered, tcpi_delivered_ce;
+  uint64_t tcpi_bytes_sent, tcpi_bytes_retrans;
+  uint32_t tcpi_dsack_dups, tcpi_reord_seen, tcpi_rcv_ooopack, tcpi_snd_wnd;
+};
+]])
+local function raw_tcp_table(o, n)
+  local t = {
+    state = o.tcpi_state, ca_state = o.tcpi_ca_state, retransmits = o.tcpi_retransmits,
+    probes = o.tcpi_probes, backoff = o.tcpi_backoff, options = o.tcpi_options,
+    snd_wscale = o.tcpi_snd_wscale, rcv_wscale = o.tcpi_rcv_wscale,
+    delivery_rate_app_limited = o.tcpi_delivery_rate_app_limited,
+    fastopen_client_fail = o.tcpi_fastopen_client_fail, rto = o.tcpi_rto, ato = o.tcpi_ato,
+    snd_mss = o.tcpi_snd_mss, rcv_mss = o.tcpi_rcv_mss, unacked = o.tcpi_unacked,
+    sacked = o.tcpi_sacked, lost = o.tcpi_lost, retrans = o.tcpi_retrans,
+    fackets = o.tcpi_fackets, last_data_sent = o.tcpi_last_data_sent,
+    last_ack_sent = o.tcpi_last_ack_sent, last_data_recv = o.tcpi_last_data_recv,
+    last_ack_recv = o.tcpi_last_ack_recv, pmtu = o.tcpi_pmtu, rcv_ssthresh = o.tcpi_rcv_ssthresh,
+    rtt = o.tcpi_rtt, rttvar = o.tcpi_rttvar, snd_ssthresh = o.tcpi_snd_ssthresh,
+    snd_cwnd = o.tcpi_snd_cwnd, advmss = o.tcpi_advmss, reordering = o.tcpi_reordering,
+    rcv_rtt = o.tcpi_rcv_rtt, rcv_space = o.tcpi_rcv_space, total_retrans = o.tcpi_total_retrans,
+  }
+  if n >= 232 then
+    t.pacing_rate, t.max_pacing_rate = tonumber(o.tcpi_pacing_rate), tonumber(o.tcpi_max_pacing_rate)
+    t.bytes_acked, t.bytes_received = tonumber(o.tcpi_bytes_acked), tonumber(o.tcpi_bytes_received)
+    t.segs_out, t.segs_in = o.tcpi_segs_out, o.tcpi_segs_in
+    t.notsent_bytes, t.min_rtt = o.tcpi_notsent_bytes, o.tcpi_min_rtt
+    t.data_segs_in, t.data_segs_out = o.tcpi_data_segs_in, o.tcpi_data_segs_out
+    t.delivery_rate, t.busy_time = tonumber(o.tcpi_delivery_rate), tonumber(o.tcpi_busy_time)
+    t.rwnd_limited, t.sndbuf_limited = tonumber(o.tcpi_rwnd_limited), tonumber(o.tcpi_sndbuf_limited)
+    t.delivered, t.delivered_ce = o.tcpi_delivered, o.tcpi_delivered_ce
+    t.bytes_sent, t.bytes_retrans = tonumber(o.tcpi_bytes_sent), tonumber(o.tcpi_bytes_retrans)
+    t.dsack_dups, t.reord_seen = o.tcpi_dsack_dups, o.tcpi_reord_seen
+    t.rcv_ooopack, t.snd_wnd = o.tcpi_rcv_ooopack, o.tcpi_snd_wnd
+  end
+  return t
+end
 -- libmaxminddb 1.7 (Debian 12, x86_64: mmdb_uint128_t is unsigned __int128, so the value
 -- union is 16-byte aligned); MMDB_s is opaque here (136 bytes; a larger buffer is allocated).
 pcall(ffi.cdef, [[
@@ -66,6 +119,7 @@ int MMDB_aget_value(ts_ffi_bench_MMDB_entry_s *start, ts_ffi_bench_MMDB_entry_da
 ]])
 local C = ffi.C
 assert(ffi.sizeof("struct ts_ffi_bench_tcp_info") == 232)
+assert(ffi.sizeof("struct ts_ffi_bench_tcp_info_full") == 232)
 assert(ffi.sizeof("ts_ffi_bench_MMDB_entry_data_s") == 48)
 assert(ffi.offsetof("ts_ffi_bench_MMDB_lookup_result_s", "netmask") == 24)
 
@@ -122,6 +176,7 @@ local %s = E.mod
 local ts, C, txnp, bufp, ibuf, lbuf, sbuf = E.ts, E.C, E.txnp, E.bufp, E.ibuf, E.lbuf, E.sbuf
 local tonumber, ffi_string, raw_next_hop = tonumber, E.ffi_string, E.raw_next_hop
 local ffi_new, tcpinfo_t, slen = E.ffi_new, E.tcpinfo_t, E.slen
+local tcpinfo_full_t, raw_tcp_table = E.tcpinfo_full_t, E.raw_tcp_table
 local db, ip, mmdb, mmlib, mpath, mres, merr = E.db, E.ip, E.mmdb, E.mmlib, E.mpath, E.mres, E.merr
 return function(n)
   local last
@@ -147,6 +202,7 @@ local function measure(q)
     lbuf = ffi.new("void *[1]"), sbuf = sbuf, ffi_string = ffi.string, raw_next_hop = raw_next_hop,
     ffi_new = ffi.new, tcpinfo_t = ffi.typeof("struct ts_ffi_bench_tcp_info"),
     slen = ffi.new("unsigned int[1]"), ip = q.ip or "81.2.69.160",
+    tcpinfo_full_t = ffi.typeof("struct ts_ffi_bench_tcp_info_full"), raw_tcp_table = raw_tcp_table,
   }
   if modname == "geoip" then
     local g = geo_parts()
@@ -157,6 +213,14 @@ local function measure(q)
   local chunk = "=bench:" .. q.case .. ":" .. q.variant
   local loop = assert(loadstring(TEMPLATE:format(modname, stmt), chunk))(E)
   local n = tonumber(q.n) or 1000000
+  -- The transaction's first ts_ffi call finds and checks its context (base.acquire_ctx,
+  -- interpreter-only by design: jit.off). Done here, before jit.v watches, so the log shows
+  -- the loop alone: otherwise, once an earlier transaction left a compiled trace of a ts_ffi
+  -- function (e.g. tcpinfo.lua's query_field, hot from the interpreted warm-up iterations),
+  -- this transaction's first call leaves that trace where the cached record is missing,
+  -- and after LuaJIT's hotexit count a side trace is tried from there; it aborts at
+  -- acquire_ctx ("JIT compilation disabled"): a few times per trace exit, then no more.
+  require("ts_ffi.base").get_ctx("bench")
   if q.jitv then require("jit.v").on(q.jitv) end
   if q.dump then require("jit.dump").on(q.dumpflags or "tbirsmX", q.dump) end
   loop(1000) -- warm-up: the loop's trace is compiled here

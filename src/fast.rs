@@ -12,7 +12,9 @@
 //! wrapper with the same arguments, which answers exactly as in JIT mode.
 //!
 //! Upvalues of a bound closure: 1 the Lua wrapper, 2 the key `__ts_ffi_box`, 3 and 4 the
-//! strings "inet" and "inet6" (address families, answered by next_hop_addr).
+//! strings "inet" and "inet6" (address families, answered by next_hop_addr), 5 tcpinfo's
+//! table builder (tcpinfo closures only). A script reaches them only through the debug
+//! library; replaced, the closures answer through the wrapper or raise a Lua error.
 
 use crate::codes::Code;
 use crate::ctx::{CtxRec, txn_of};
@@ -42,8 +44,6 @@ pub enum Val {
     TsStr(*mut std::os::raw::c_char, usize),
     /// `ip, port, family` (`"inet"` / `"inet6"`).
     Addr(std::net::SocketAddr),
-    /// A tcp_info the kernel filled so many bytes of: pushed as `ts_ffi.tcpinfo`'s table.
-    TcpInfo(Box<crate::tcpinfo::TcpInfo>, usize),
 }
 
 impl From<i64> for Val {
@@ -111,27 +111,43 @@ pub unsafe fn push_box(l: *mut lua::lua_State, rec: *const CtxRec) {
 }
 
 /// The record of the running coroutine's box, if it has a genuine one (a full userdata of a
-/// box's size starting with the magic, which Lua code cannot write); leaves the stack empty
-/// (it is called with no arguments). Raises nothing.
+/// box's size starting with the magic, which Lua code cannot write). It leaves the box (or
+/// whatever the environment holds) on top of the call's arguments: the fast answer is pushed
+/// above it (a C function returns its top values) and the fallback (`call_wrapper`) resets
+/// the stack to the arguments first. Raises nothing.
 ///
-/// SAFETY: `l` is running a closure made by `bind` with an empty stack.
+/// SAFETY: `l` is running a closure made by `bind`, with room for one more value.
 #[inline(always)]
-unsafe fn boxed_rec(l: *mut lua::lua_State) -> *const CtxRec {
+pub(crate) unsafe fn boxed_rec(l: *mut lua::lua_State) -> *const CtxRec {
     unsafe {
         lua::lua_pushvalue(l, lua::lua_upvalueindex(2));
         lua::lua_rawget_(l, lua::LUA_GLOBALSINDEX);
         // NULL for anything but userdata; a light userdata's length is 0.
         let b = lua::lua_touserdata(l, -1) as *const CtxBox;
-        let rec = if !b.is_null()
+        if !b.is_null()
             && lua::lua_objlen(l, -1) == std::mem::size_of::<CtxBox>()
             && (*b).magic == BOX_MAGIC
         {
             (*b).rec
         } else {
             std::ptr::null()
-        };
-        lua::lua_settop(l, 0);
-        rec
+        }
+    }
+}
+
+/// The Lua wrapper's answer, with the call's own `nargs` arguments (without the box lookup).
+/// No Rust value with a destructor is live in the callers: a Lua error raised by the wrapper
+/// unwinds through their `C-unwind` frames as LuaJIT's own (DWARF) exception.
+///
+/// SAFETY: `l` is running a closure made by `bind`, which had `nargs` arguments.
+#[inline(never)]
+pub(crate) unsafe fn call_wrapper(l: *mut lua::lua_State, nargs: c_int) -> c_int {
+    unsafe {
+        lua::lua_settop(l, nargs);
+        lua::lua_pushvalue(l, lua::lua_upvalueindex(1));
+        lua::lua_insert(l, 1);
+        lua::lua_call(l, nargs, lua::LUA_MULTRET);
+        lua::lua_gettop(l)
     }
 }
 
@@ -140,12 +156,15 @@ unsafe fn boxed_rec(l: *mut lua::lua_State) -> *const CtxRec {
 /// SAFETY: `l` is running a closure made by `bind`.
 #[inline(always)]
 pub unsafe fn run<F: Fn(TSHttpTxn) -> Result<Val, Code>>(l: *mut lua::lua_State, core: F) -> c_int {
+    let nargs = unsafe { lua::lua_gettop(l) };
     let fast = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
-        if lua::lua_gettop(l) != 0 {
+        if nargs != 0 {
             return None;
         }
         core(txn_of(boxed_rec(l)).ok()?).ok()
     }));
+    // Pushes below use lua_pushlstring_ (LuaJIT's own): mlua's lua_pushlstring also calls
+    // lua_tolstring on the result, a measurable part of a ~50 ns call.
     unsafe {
         match fast {
             Ok(Some(Val::Num(v))) => {
@@ -157,7 +176,7 @@ pub unsafe fn run<F: Fn(TSHttpTxn) -> Result<Val, Code>>(l: *mut lua::lua_State,
                 1
             }
             Ok(Some(Val::TsStr(p, n))) => {
-                lua::lua_pushlstring(l, p, n);
+                lua::lua_pushlstring_(l, p, n);
                 if let Ok(free) = crate::api::api().map(|a| &a._TSfree)
                     && let Ok(free) = free
                 {
@@ -167,27 +186,16 @@ pub unsafe fn run<F: Fn(TSHttpTxn) -> Result<Val, Code>>(l: *mut lua::lua_State,
             }
             Ok(Some(Val::Addr(a))) => {
                 let mut buf = [0u8; 64];
-                crate::addr::write_text(a.ip(), &mut buf);
-                lua::lua_pushstring(l, buf.as_ptr() as *const std::os::raw::c_char);
+                // always fits: an address text is at most 45 bytes
+                let n = crate::addr::write_text(a.ip(), &mut buf).unwrap_or(0);
+                lua::lua_pushlstring_(l, buf.as_ptr() as *const std::os::raw::c_char, n);
                 lua::lua_pushnumber(l, a.port().into());
                 // the family names are upvalues 3 and 4: interning them per call costs more
                 // than the rest of the call
                 lua::lua_pushvalue(l, lua::lua_upvalueindex(if a.is_ipv4() { 3 } else { 4 }));
                 3
             }
-            Ok(Some(Val::TcpInfo(info, n))) => {
-                crate::tcpinfo::push_table(l, &info, n);
-                1
-            }
-            // No Rust value is live here: a Lua error raised by the wrapper unwinds through
-            // this `C-unwind` frame as LuaJIT's own (DWARF) exception.
-            _ => {
-                let n = lua::lua_gettop(l);
-                lua::lua_pushvalue(l, lua::lua_upvalueindex(1));
-                lua::lua_insert(l, 1);
-                lua::lua_call(l, n, lua::LUA_MULTRET);
-                lua::lua_gettop(l)
-            }
+            _ => call_wrapper(l, nargs),
         }
     }
 }
@@ -219,6 +227,27 @@ fn lookup(name: &[u8]) -> Option<lua::lua_CFunction> {
     })
 }
 
+/// Upvalue 5: tcpinfo's table builder (`tcpinfo::builder_source`) for the tcpinfo closures,
+/// nil for the others (and if it could not be made: the closure then answers through the
+/// wrapper).
+///
+/// SAFETY: `l` is a running Lua state with room for 2 more values.
+unsafe fn push_builder(l: *mut lua::lua_State, name: &[u8]) {
+    unsafe {
+        if name.starts_with(b"tcpinfo_") {
+            let src = crate::tcpinfo::builder_source();
+            let chunk = c"=ts_ffi.tcpinfo builder";
+            if lua::luaL_loadbuffer(l, src.as_ptr().cast(), src.len(), chunk.as_ptr()) == 0
+                && lua::lua_pcall(l, 0, 1, 0) == 0
+            {
+                return;
+            }
+            lua::lua_pop(l, 1); // the error message
+        }
+        lua::lua_pushnil(l);
+    }
+}
+
 /// `native.bind(name, lua_wrapper)` → the C closure, or `nil, "unknown"` for a name without a
 /// fast function (the wrapper is then used as it is).
 pub unsafe extern "C-unwind" fn lua_bind(l: *mut lua::lua_State) -> c_int {
@@ -239,7 +268,9 @@ pub unsafe extern "C-unwind" fn lua_bind(l: *mut lua::lua_State) -> c_int {
         lua::lua_pushstring(l, BOX_KEY.as_ptr());
         lua::lua_pushstring(l, c"inet".as_ptr());
         lua::lua_pushstring(l, c"inet6".as_ptr());
-        lua::lua_pushcclosure(l, f, 4);
+        // `p` is arg 1's text, which stays on the stack (f is Some: p is not null)
+        push_builder(l, std::slice::from_raw_parts(p as *const u8, len));
+        lua::lua_pushcclosure(l, f, 5);
         1
     }
 }

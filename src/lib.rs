@@ -98,11 +98,11 @@ fn self_path_pinned() -> Option<String> {
     Some(path.to_string_lossy().into_owned())
 }
 
-/// `native.ts_addr(name)`: the address of a TS* function in this process (light userdata), or
-/// nil. For the JIT path of the cheapest calls, which call it through a typed FFI function
+/// `native.ts_addr(name)`: the address of a TS* (or _TS*, as _TSfree) function in this process
+/// (light userdata), or nil. For the JIT path of the cheapest calls, which call it through a typed FFI function
 /// pointer (no global `ffi.cdef` of TS* names that a script's own cdefs could clash with).
 fn ts_addr(name: &[u8]) -> LuaResult<Value> {
-    if !name.starts_with(b"TS") || name.contains(&0) {
+    if !(name.starts_with(b"TS") || name.starts_with(b"_TS")) || name.contains(&0) {
         return Ok(Value::Nil);
     }
     let Ok(cname) = CString::new(name) else { return Ok(Value::Nil) };

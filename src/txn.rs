@@ -99,13 +99,14 @@ fn next_hop_addr(txn: TSHttpTxn) -> Result<std::net::SocketAddr, Code> {
     Ok(next)
 }
 
-/// The next hop: the address text into `ip` (NUL-terminated, `ip_len` bytes available), the
-/// port and the family (4 or 6).
+/// The next hop: the address text into `ip` (NUL-terminated, `ip_len` bytes available; its
+/// length into `text_len`), the port and the family (4 or 6).
 #[unsafe(no_mangle)]
 pub extern "C" fn ts_ffi_txn_next_hop_addr(
     rec: *const CtxRec,
     ip: *mut c_char,
     ip_len: usize,
+    text_len: *mut c_int,
     port: *mut c_int,
     family: *mut c_int,
 ) -> c_int {
@@ -116,9 +117,8 @@ pub extern "C" fn ts_ffi_txn_next_hop_addr(
         }
         // SAFETY: the wrapper's buffer of `ip_len` bytes.
         let buf = unsafe { std::slice::from_raw_parts_mut(ip as *mut u8, ip_len) };
-        if !addr::write_text(next.ip(), buf) {
-            return Err(Code::BadArg);
-        }
+        let n = addr::write_text(next.ip(), buf).ok_or(Code::BadArg)?;
+        put(text_len, n as c_int)?;
         put(port, c_int::from(next.port()))?;
         put(family, if next.is_ipv4() { 4 } else { 6 })
     })

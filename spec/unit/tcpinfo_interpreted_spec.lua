@@ -1,6 +1,7 @@
--- ts_ffi.tcpinfo with the JIT off: client()/server() are C closures (src/fast.rs) that build
--- the table natively (src/tcpinfo.rs push_table) and must answer what the Lua/FFI wrapper
--- answers; anything but success goes to the wrapper.
+-- ts_ffi.tcpinfo with the JIT off: client()/server() are C closures (src/tcpinfo.rs run) that
+-- answer the table (through a builder made from src/tcpinfo.rs FIELDS) and one field
+-- natively, and must answer what the Lua/FFI wrapper answers; anything but success goes to
+-- the wrapper.
 local double = require "support.double"
 local socket = require "socket"
 local jit = require "jit"
@@ -69,6 +70,37 @@ describe("ts_ffi.tcpinfo, interpreted path (JIT off)", function()
       for _, k in ipairs(STABLE) do assert.equal(t1[k], t2[k], which .. " " .. k) end
       assert.equal(1, t2.state)
       assert.is_true(t2.rtt > 0)
+    end
+  end)
+
+  it("answers one field natively, as the wrapper does", function()
+    for _, which in ipairs { "client", "server" } do
+      local thread = double.new_txn { client_fd = c:getfd(), server_fd = a:getfd() }
+      assert.is_true((double.run(thread, interp[which]))) -- stores the box
+      local ok, vals, lua_calls = double.run(thread, function()
+        local n, v = 0, {}
+        debug.sethook(function()
+          if debug.getinfo(2, "S").source:match("tcpinfo%.lua$") then n = n + 1 end
+        end, "c")
+        for _, k in ipairs(STABLE) do v[k] = interp[which](k) end
+        v.rtt = interp[which]("rtt")
+        v.snd_wnd = interp[which]("snd_wnd")
+        debug.sethook()
+        return v, n
+      end)
+      assert.is_true(ok, vals)
+      assert.equal(0, lua_calls)
+      local ok1, t1 = double.run(double.new_txn { client_fd = c:getfd(), server_fd = a:getfd() },
+        jitted[which])
+      assert.is_true(ok1, t1)
+      for _, k in ipairs(STABLE) do assert.equal(t1[k], vals[k], which .. " " .. k) end
+      assert.is_true(vals.rtt > 0)
+      assert.equal("number", type(vals.snd_wnd))
+      -- unknown names and extra arguments still raise through the wrapper
+      assert.matches("^ts_ffi%.tcpinfo%." .. which .. ": unknown field \"rt\"",
+        select(3, double.run(thread, function() return pcall(interp[which], "rt") end)))
+      assert.matches("^ts_ffi%.tcpinfo%." .. which .. ": takes no arguments or one field name",
+        select(3, double.run(thread, function() return pcall(interp[which], "rtt", 1) end)))
     end
   end)
 
