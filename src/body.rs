@@ -486,10 +486,23 @@ pub unsafe extern "C-unwind" fn lua_transform_add(l: *mut lua::lua_State) -> c_i
 //
 // Nothing is written to the output until the decision: HttpSM sends the response header only
 // when the transform starts its output, so a SEND_RESPONSE_HDR hook can still rewrite status
-// and headers for a replaced body. The decision may come from any thread (`Resume`): it is
-// stored and the VConn is scheduled on the transaction's thread, both under the VConn's mutex,
-// and the VConn is not destroyed while a decision is outstanding, so the schedule always hits a
-// live VConn (ATS then frees it after that event, counting its scheduled events).
+// and headers for a replaced body.
+//
+// The decision may come from any thread (`Resume`). It is stored, then the VConn is woken with
+// TSVIOReenable on its input VIO, which schedules the VConn on its own thread without taking
+// any lock (TSContSchedule* would hold the VConn's mutex while waking that thread, and a thread
+// that then misses the lock retries 10 ms later). `Delivery` says how far the delivery is; the
+// VConn is never destroyed between PENDING and DONE, so the wake-up always meets a live VConn
+// (ATS frees it only once the events it counts have run).
+
+/// How far a decision's delivery is (`Held::delivery`).
+const IDLE: u8 = 0;
+/// The inspector has the head; a decision will come.
+const PENDING: u8 = 1;
+/// The decision is stored; the wake-up is being sent.
+const READY: u8 = 2;
+/// The wake-up is sent; nothing more comes from the inspector's side.
+const DONE: u8 = 3;
 
 /// What an inspector decided.
 pub enum Decision {
@@ -506,14 +519,20 @@ pub trait Inspector: Send {
     fn inspect(self: Box<Self>, head: Vec<u8>, complete: bool, resume: Resume);
 }
 
-type Slot = Arc<std::sync::Mutex<Option<Decision>>>;
+/// The decision and how far its delivery is, shared by the VConn and its `Resume`.
+#[derive(Default)]
+struct Delivery {
+    decision: std::sync::Mutex<Option<Decision>>,
+    state: std::sync::atomic::AtomicU8,
+}
+
+type Slot = Arc<Delivery>;
 
 /// The way back from an inspector to its transform. Dropped without `resume` (a bug), it
 /// replaces the body with nothing, so that a transform never waits forever and nothing
 /// uninspected reaches the client.
 pub struct Resume {
     vconn: usize,
-    thread: usize,
     slot: Slot,
 }
 
@@ -527,23 +546,16 @@ impl Resume {
             return;
         }
         let vconn = std::mem::replace(&mut self.vconn, 0) as TSCont;
+        *self.slot.decision.lock().unwrap_or_else(|p| p.into_inner()) = Some(decision);
+        self.slot.state.store(READY, Ordering::SeqCst);
         let _ = (|| -> Result<(), Code> {
-            let (mutex_get, lock, unlock, schedule) =
-                (ts_fn!(TSContMutexGet), ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock), ts_fn!(TSContScheduleOnThread));
-            // SAFETY: the VConn stays alive until it has taken the decision (see above); its
-            // mutex is held while the decision is stored and the VConn scheduled. The second
-            // event is for the 10 ms retry race described at `waf::schedule_task`.
-            unsafe {
-                let m = mutex_get(vconn);
-                lock(m);
-                *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(decision);
-                let thread = self.thread as sys::TSEventThread;
-                schedule(vconn, 0, thread);
-                schedule(vconn, crate::waf::BACKUP_EVENT_MS, thread);
-                unlock(m);
-            }
+            let (write_vio_get, reenable) = (ts_fn!(TSVConnWriteVIOGet), ts_fn!(TSVIOReenable));
+            // SAFETY: the VConn is not destroyed before DONE (see above); INKVConnInternal's
+            // reenable counts the event it schedules, so ATS keeps the VConn until it has run.
+            unsafe { reenable(write_vio_get(vconn)) };
             Ok(())
         })();
+        self.slot.state.store(DONE, Ordering::SeqCst);
     }
 }
 
@@ -571,7 +583,6 @@ struct Held {
     head: Vec<u8>,
     stage: Stage,
     slot: Slot,
-    thread: usize,
     shared: Arc<Shared>,
     /// All input was read (and the writer told so).
     input_done: bool,
@@ -587,9 +598,9 @@ pub unsafe fn hold_response(txn: TSHttpTxn, inspector: Box<dyn Inspector>, limit
     let (create, data_set, hook_add, thread_self) =
         (ts_fn!(TSTransformCreate), ts_fn!(TSContDataSet), ts_fn!(TSHttpTxnHookAdd), ts_fn!(TSEventThreadSelf));
     // Checked now so that later steps cannot fail on them.
-    let _ = (ts_fn!(TSContMutexGet), ts_fn!(TSMutexLock), ts_fn!(TSMutexUnlock), ts_fn!(TSContScheduleOnThread));
+    let _ = (ts_fn!(TSVConnWriteVIOGet), ts_fn!(TSVIOReenable), ts_fn!(TSContScheduleOnThread));
     unsafe {
-        let thread = thread_self() as usize;
+        let _ = thread_self;
         let shared = Arc::new(Shared { started: AtomicBool::new(false), destroyed: AtomicBool::new(false) });
         let vconn = create(Some(held_handler), txn);
         if vconn.is_null() {
@@ -600,8 +611,7 @@ pub unsafe fn hold_response(txn: TSHttpTxn, inspector: Box<dyn Inspector>, limit
             limit,
             head: Vec::new(),
             stage: Stage::Reading,
-            slot: Arc::new(std::sync::Mutex::new(None)),
-            thread,
+            slot: Arc::new(Delivery::default()),
             shared: Arc::clone(&shared),
             input_done: false,
             out_buffer: std::ptr::null_mut(),
@@ -625,12 +635,24 @@ unsafe fn on_held_event(contp: TSCont, event: TSEvent) -> Result<(), Code> {
     unsafe {
         let h_ptr = data_get(contp) as *mut Held;
         let Some(h) = h_ptr.as_mut() else { return Ok(()) };
-        let decision =
-            if h.stage == Stage::Waiting { h.slot.lock().unwrap_or_else(|p| p.into_inner()).take() } else { None };
+        let delivery = h.slot.state.load(Ordering::SeqCst);
+        let decision = if h.stage == Stage::Waiting && delivery >= READY {
+            h.slot.decision.lock().unwrap_or_else(|p| p.into_inner()).take()
+        } else {
+            None
+        };
         if closed_get(contp) != 0 {
-            if h.stage == Stage::Waiting && decision.is_none() {
-                // The decision's event is still to come: destroy then.
-                return Ok(());
+            match delivery {
+                // The wake-up is still to come: destroy then.
+                PENDING => return Ok(()),
+                // It is being sent; look again in a moment (a retry on this thread, under the
+                // mutex held now, so it meets no lock).
+                READY => {
+                    ts_fn!(TSContScheduleOnThread)(contp, 1, ts_fn!(TSEventThreadSelf)());
+                    return Ok(());
+                }
+                IDLE | DONE => {}
+                _ => {}
             }
             let h = Box::from_raw(h_ptr);
             h.shared.destroyed.store(true, Ordering::Release);
@@ -712,11 +734,8 @@ impl Held {
                     self.head.extend_from_slice(&got);
                     if eos || self.head.len() >= self.limit {
                         self.stage = Stage::Waiting;
-                        let resume = Resume {
-                            vconn: contp as usize,
-                            thread: self.thread,
-                            slot: Arc::clone(&self.slot),
-                        };
+                        self.slot.state.store(PENDING, Ordering::SeqCst);
+                        let resume = Resume { vconn: contp as usize, slot: Arc::clone(&self.slot) };
                         match self.inspector.take() {
                             Some(i) => i.inspect(self.head.clone(), eos, resume),
                             None => drop(resume),
