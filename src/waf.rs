@@ -509,17 +509,7 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
     }
 }
 
-/// How long after the first event the second one for the same job comes (ms).
-pub const BACKUP_EVENT_MS: sys::TSHRTime = 1;
-
 /// Queues `job` on a task thread; gives it back if ATS refuses.
-///
-/// Two events carry the job: one at once, one `BACKUP_EVENT_MS` later; whichever runs first
-/// takes it. TSContScheduleOnPool holds the continuation's mutex while it wakes a task thread,
-/// and a task thread that wakes fast enough to find it still held puts the event back for
-/// 10 ms (ATS 9.2's EThread::process_event; seen with strace: the woken task thread goes back
-/// to sleep without running the job). The second event does not meet that lock, so the race
-/// costs 1 ms at the most.
 unsafe fn schedule_task(job: Box<Job>) -> Result<(), Box<Job>> {
     let fns = (|| Ok::<_, Code>((
         ts_fn!(TSContCreate),
@@ -541,8 +531,6 @@ unsafe fn schedule_task(job: Box<Job>) -> Result<(), Box<Job>> {
             destroy(cont);
             return Err(Box::from_raw(raw));
         }
-        // Without the backup the first event still runs the job, only later.
-        let _ = sched(cont, BACKUP_EVENT_MS, sys::TSThreadPool_TS_THREAD_POOL_TASK);
     }
     Ok(())
 }
@@ -572,14 +560,11 @@ fn lower_priority() {
 unsafe extern "C" fn task_handler(contp: TSCont, _event: TSEvent, _edata: *mut c_void) -> c_int {
     lower_priority();
     let _ = std::panic::catch_unwind(|| unsafe {
-        // Both events run under the continuation's mutex: the first takes the job and destroys
-        // the continuation (ATS frees it once the other event has come, without calling here).
         let raw = ts_fn!(TSContDataGet)(contp) as *mut Job;
+        ts_fn!(TSContDestroy)(contp);
         if raw.is_null() {
             return Ok::<(), Code>(());
         }
-        ts_fn!(TSContDataSet)(contp, std::ptr::null_mut());
-        ts_fn!(TSContDestroy)(contp);
         let mut job = Box::from_raw(raw);
         {
             let mut inner = lock(&job.t.inner);
