@@ -535,24 +535,18 @@ unsafe fn schedule_task(job: Box<Job>) -> Result<(), Box<Job>> {
     Ok(())
 }
 
-/// The nice value ts_ffi gives the task threads it runs libmodsecurity on: when the CPU is
-/// short, the network threads (every request, protected or not) go first and inspections wait.
-pub const TASK_NICE: c_int = 10;
-
-/// Lowers the calling task thread's CPU priority to `TASK_NICE`, once per thread.
+/// Puts the calling task thread in Linux's SCHED_IDLE class, once per thread: it then gets
+/// the CPU only when the network threads (all traffic, protected or not) leave it, so WAF load
+/// does not slow the requests that skip the WAF (measured in `make bench`: their p99 at half
+/// the WAF's capacity 1.36x the no-WAF figure, against 3.9x at the default priority and 2.4x
+/// at nice 10). Needs no privilege; a failure leaves the thread as it was.
 fn lower_priority() {
     thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     DONE.with(|done| {
         if !done.replace(true) {
-            // SAFETY: sets this thread's own nice value (Linux: per thread); raising it needs no
-            // privilege. A failure leaves the priority as it was.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                let now = libc::getpriority(libc::PRIO_PROCESS, tid);
-                if now < TASK_NICE {
-                    libc::setpriority(libc::PRIO_PROCESS, tid, TASK_NICE);
-                }
-            }
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: changes the calling thread's own policy (pid 0: this thread on Linux).
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
         }
     });
 }
