@@ -32,21 +32,9 @@ local function log(...)
   io.stderr:write(string.format(...), "\n")
 end
 
-local function capture(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local s = p:read("*a")
-  p:close()
-  return (s:gsub("%s+$", ""))
-end
+local util = dofile(ROOT .. "/bench/util.lua")
+local capture, median = util.capture, util.median
 
-local function median(t)
-  local s = {}
-  for i, v in ipairs(t) do s[i] = v end
-  table.sort(s)
-  if #s == 0 then return nil end
-  local m = math.floor((#s + 1) / 2)
-  return #s % 2 == 1 and s[m] or (s[m] + s[m + 1]) / 2
-end
 
 local function fmt(v, digits)
   if not v then return "–" end

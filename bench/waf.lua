@@ -43,22 +43,9 @@ local QUIET = { "CONFIG proxy.config.diags.debug.enabled INT 0" }
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
-local function capture(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local s = p:read("*a")
-  local ok = p:close()
-  return (s:gsub("%s+$", "")), ok == true or ok == 0
-end
+local util = dofile(ROOT .. "/bench/util.lua")
+local capture, median = util.capture, util.median
 
-local function median(t)
-  local s = {}
-  for i, v in ipairs(t) do s[i] = v end
-  table.sort(s)
-  if #s == 0 then return nil end
-  local m = math.floor((#s + 1) / 2)
-  return #s % 2 == 1 and s[m] or (s[m] + s[m + 1]) / 2
-end
-M.median = median
 
 local function range(t)
   local lo, hi = math.huge, -math.huge
