@@ -327,8 +327,10 @@ struct Inner {
     request: Option<Request>,
     /// The request body phase (2) waits for REQUEST_BUFFER_READ_COMPLETE.
     body_pending: bool,
-    /// A task's verdict for the verdict continuation (and whether a held body follows).
-    pending: Option<(Verdict, bool)>,
+    /// A task's verdict for the verdict continuation.
+    pending: Option<Verdict>,
+    /// The response whose body is held back, until the body's task runs phase 3 on it.
+    response: Option<Response>,
 }
 
 // SAFETY: the libmodsecurity transaction is only used under the `inner` mutex.
@@ -373,9 +375,10 @@ enum Phase {
     Request(Request, bool),
     /// The decoded request body, then phase 2.
     Body(Vec<u8>),
-    /// Response status and headers (phase 3); phase 4 too unless `.1` (a held body follows).
-    Response(Response, bool),
-    /// The first bytes of the response body (phase 4).
+    /// Response status and headers (phase 3), then phase 4 without a body.
+    Response(Response),
+    /// The response headers kept in `Inner::response` (phase 3), then the first bytes of the
+    /// body (phase 4): one task for both saves a round trip between threads.
     ResponseBody(Vec<u8>),
     Close { status: i32 },
 }
@@ -453,6 +456,17 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
         }
         check().unwrap_or(Verdict::Allow)
     };
+    // Phase 3: the response status and headers.
+    let response_headers = |r: &Response| -> Option<Verdict> {
+        unsafe {
+            for (k, v) in &r.headers {
+                (f.msc_add_n_response_header)(tx, k.as_ptr(), k.len(), v.as_ptr(), v.len());
+            }
+            let proto = cstr(&format!("HTTP {}", r.version));
+            (f.msc_process_response_headers)(tx, r.status, proto.as_ptr());
+        }
+        check()
+    };
     unsafe {
         match phase {
             Phase::Request(r, with_body_phase) => {
@@ -482,22 +496,19 @@ fn run_phase(t: &WafTxn, inner: &mut Inner, phase: &Phase) -> Verdict {
                 check().unwrap_or(Verdict::Allow)
             }
             Phase::Body(body) => body_phase(f.msc_append_request_body, f.msc_process_request_body, body),
-            Phase::Response(r, body_follows) => {
-                for (k, v) in &r.headers {
-                    (f.msc_add_n_response_header)(tx, k.as_ptr(), k.len(), v.as_ptr(), v.len());
-                }
-                let proto = cstr(&format!("HTTP {}", r.version));
-                (f.msc_process_response_headers)(tx, r.status, proto.as_ptr());
-                if let Some(v) = check() {
+            Phase::Response(r) => {
+                if let Some(v) = response_headers(r) {
                     return v;
-                }
-                if *body_follows {
-                    return Verdict::Allow;
                 }
                 (f.msc_process_response_body)(tx);
                 check().unwrap_or(Verdict::Allow)
             }
-            Phase::ResponseBody(body) => body_phase(f.msc_append_response_body, f.msc_process_response_body, body),
+            Phase::ResponseBody(body) => {
+                if let Some(v) = inner.response.take().and_then(|r| response_headers(&r)) {
+                    return v;
+                }
+                body_phase(f.msc_append_response_body, f.msc_process_response_body, body)
+            }
             Phase::Close { status } => {
                 if *status > 0 {
                     (f.msc_update_status_code)(tx, *status);
@@ -599,8 +610,7 @@ unsafe extern "C" fn task_handler(contp: TSCont, _event: TSEvent, _edata: *mut c
 /// the woken thread, failing to take it, puts the event back for 10 ms (EThread::process_event,
 /// DELAY_FOR_RETRY in ATS 9.2). Measured: 8–10 ms on most hand-backs of lone requests.
 unsafe fn hand_back(job: Box<Job>) -> Result<(), Code> {
-    let body_next = matches!(job.phase, Phase::Response(_, true));
-    lock(&job.t.inner).pending = Some((job.verdict.clone(), body_next));
+    lock(&job.t.inner).pending = Some(job.verdict.clone());
     // SAFETY: the transaction waits at its hook for this re-enable, so it is alive.
     unsafe { ts_fn!(TSHttpTxnReenable)(job.txn as TSHttpTxn, sys::TSEvent_TS_EVENT_HTTP_CONTINUE) };
     Ok(())
@@ -622,7 +632,7 @@ unsafe extern "C" fn verdict_handler(contp: TSCont, _event: TSEvent, edata: *mut
         };
         let pending = lock(&t.inner).pending.take();
         match pending {
-            Some((verdict, body_next)) => apply(&t, txn, verdict, body_next).map(|()| true),
+            Some(verdict) => apply(&t, txn, verdict, false).map(|()| true),
             None => Ok(false),
         }
     });
@@ -720,7 +730,7 @@ unsafe fn apply(t: &Arc<WafTxn>, txn: TSHttpTxn, verdict: Verdict, body_next: bo
                     if body::hold_response(txn, held, t.response_body_limit).is_ok() {
                         ts_fn!(TSHttpTxnHookAdd)(txn, sys::TSHttpHookID_TS_HTTP_SEND_RESPONSE_HDR_HOOK, t.hook_cont as TSCont);
                     } else {
-                        audit(t.id, "cannot hold the response body back; it is not inspected");
+                        audit(t.id, "cannot hold the response body back; the response is not inspected");
                     }
                 }
                 reenable(txn, sys::TSEvent_TS_EVENT_HTTP_CONTINUE);
@@ -1040,10 +1050,13 @@ unsafe fn on_hook(contp: TSCont, event: TSEvent, txn: TSHttpTxn) -> Result<bool,
                 return Ok(false);
             }
             match unsafe { capture_response(txn, if from_cache { Source::Cache } else { Source::Server }) } {
-                Ok(r) => {
-                    let body = t.response_body_limit > 0 && !t.head && r.body_inspected(&t.response_body_types);
-                    Phase::Response(r, body)
+                Ok(r) if t.response_body_limit > 0 && !t.head && r.body_inspected(&t.response_body_types) => {
+                    // Phases 3 and 4 both run when the body has been held back.
+                    lock(&t.inner).response = Some(r);
+                    unsafe { apply(t, txn, Verdict::Allow, true)? };
+                    return Ok(true);
                 }
+                Ok(r) => Phase::Response(r),
                 Err(_) => return Ok(false),
             }
         }
@@ -1225,6 +1238,7 @@ fn protect(rec: *const CtxRec, engine_id: u32, flags: c_int, body_limit: i64, bo
                 request: Some(req),
                 body_pending: false,
                 pending: None,
+                response: None,
             }),
             closed: AtomicBool::new(false),
             hook_cont: cont as usize,
