@@ -43,6 +43,19 @@ local EXAMPLES = {
     host = "outgoing.test", script = E .. "outgoing_addr.lua", show = "^x%-origin%-peer",
     requests = { { "/premium/offer" }, { "/standard" } },
   },
+  {
+    name = "waf.lua: ModSecurity with the OWASP CRS on requests and response bodies (a status "
+      .. "other than 200 is the WAF's answer)",
+    host = "waf.test", script = E .. "waf.lua",
+    requests = {
+      { "/search?q=hello+world", nil, "(a clean request passes)" },
+      { "/search?q=1%27%20OR%20%271%27%3D%271", nil, "(SQL injection in the query: denied)", 403 },
+      { "/?testparam=test", nil, "(the talk's custom rule: denied)", 403 },
+      { "/typed/text/html/sql-error", nil, "(the origin's page leaks an SQL error: the body is held "
+        .. "back, inspected, and replaced)", 403 },
+      { "/typed/text/html/clean-app", nil, "(a clean page passes after inspection)" },
+    },
+  },
 }
 
 local keep = os.getenv("DEMO_KEEP") == "1"
@@ -56,16 +69,16 @@ local ok, err = pcall(function()
   for _, ex in ipairs(EXAMPLES) do
     print("\n" .. ex.name)
     for i, req in ipairs(ex.requests) do
-      local path, header, note = req[1], req[2], req[3]
+      local path, header, note, want = req[1], req[2], req[3], req[4] or 200
       local res = sb:get(ex.host, path, { curl = header and ("-H '" .. header .. "'") or "" })
-      if res.status ~= 200 then
+      if res.status ~= want then
         error("request failed: " .. tostring(res.status) .. "\n" .. sb:diagnostics())
       end
       print(("request %d: GET http://%s%s%s -> %d %s"):format(i, ex.host, path,
         header and (" (" .. header .. ")") or "", res.status, note or ""))
       local names = {}
       for k in pairs(res.headers) do
-        if k:match(ex.show) then names[#names + 1] = k end
+        if ex.show and k:match(ex.show) then names[#names + 1] = k end
       end
       table.sort(names)
       if #names == 0 and not note then error(ex.host .. ": ts_ffi added nothing\n" .. sb:diagnostics()) end

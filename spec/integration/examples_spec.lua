@@ -21,8 +21,10 @@ describe("examples inside traffic_server", function()
         ["rtt.test"] = E .. "x_tcp_rtt.lua",
         ["country.test"] = E .. "x_country.lua",
         ["country-xff.test"] = { E .. "x_country.lua", "trust-x-forwarded-for" },
+        ["waf.test"] = E .. "waf.lua",
       },
       lua_path = false,
+      start_timeout = 30,
     }
   end)
 
@@ -54,6 +56,17 @@ describe("examples inside traffic_server", function()
 
   it("x_country.lua ignores X-Forwarded-For unless told to trust it", function()
     assert.is_nil(get(sb, "country.test", "X-Forwarded-For: 8.8.8.8")["x-country"])
+  end)
+
+  it("waf.lua passes clean traffic and denies attacks, the talk's rule and leaking pages", function()
+    local function status(path) return sb:get("waf.test", path).status end
+    assert.equal(200, status("/search?q=hello+world"))
+    assert.equal(403, status("/search?q=1%27%20OR%20%271%27%3D%271"))
+    assert.equal(403, status("/?testparam=test"))
+    assert.equal(403, status("/typed/text/html/sql-error"))
+    local res = sb:get("waf.test", "/typed/text/html/clean-app")
+    assert.equal(200, res.status)
+    assert.truthy(res.body:find("Tea &amp; biscuits", 1, true))
   end)
 end)
 
