@@ -128,6 +128,7 @@ fn ts_ffi(lua: &Lua) -> LuaResult<Table> {
     // SAFETY: as ctx_acquire.
     m.set("transform_add", unsafe { lua.create_c_function(body::lua_transform_add)? })?;
     m.set("max_min_chunk", body::MAX_MIN_CHUNK)?;
+    m.set("tcpinfo_fields", tcpinfo::fields_table(lua)?)?;
     m.set("assume_env", ctx::ASSUME_ENV)?;
     // SAFETY: a plain lua_CFunction; raises only memory errors.
     m.set("bind", unsafe { lua.create_c_function(fast::lua_bind)? })?;

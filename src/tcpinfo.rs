@@ -160,7 +160,8 @@ macro_rules! field {
 
 /// Every field, in kernel order and so by `min`: the fields every kernel fills (Linux 2.6),
 /// then Linux 4.2 (144 bytes), 4.6 (160), 4.18 (200), 4.19 (216), 5.3 (224), 5.4 (232). The
-/// same names and groups as `lua/ts_ffi/tcpinfo.lua` (checked by spec/unit/tcpinfo_*).
+/// the one list of them: lua/ts_ffi/tcpinfo.lua reads it (`fields_table`); spec/unit/tcpinfo_*
+/// check the names against a list of their own.
 pub const FIELDS: [Field; 56] = [
     field!(0, state), field!(0, ca_state), field!(0, retransmits), field!(0, probes),
     field!(0, backoff), field!(0, options),
@@ -184,6 +185,19 @@ pub const FIELDS: [Field; 56] = [
     field!(224, dsack_dups), field!(224, reord_seen),
     field!(232, rcv_ooopack), field!(232, snd_wnd),
 ];
+
+/// FIELDS for Lua (`native.tcpinfo_fields`): `{ { name =, min = }, ... }` in kernel order,
+/// from which lua/ts_ffi/tcpinfo.lua makes its table builder and its one-field checks.
+pub fn fields_table(lua: &mlua::Lua) -> mlua::Result<mlua::Table> {
+    let list = lua.create_table()?;
+    for (i, f) in FIELDS.iter().enumerate() {
+        let field = lua.create_table()?;
+        field.raw_set("name", f.name)?;
+        field.raw_set("min", f.min)?;
+        list.raw_set(i + 1, field)?;
+    }
+    Ok(list)
+}
 
 /// Lua source of the table builder the interpreted path calls with (count, value...), the
 /// values of the first `count` FIELDS: one table constructor per group, so LuaJIT makes the

@@ -40,82 +40,54 @@ local errno_text = {
   [95] = "not a TCP connection (EOPNOTSUPP)",
 }
 
--- The fields the kernel filled (`n` bytes; older kernels fill fewer), as Lua numbers.
--- Every kernel fills up to total_retrans (Linux 2.6); later groups as `n` allows. The common
--- case (Linux >= 5.4 fills all 232 bytes) is one table constructor.
-local function base_fields(o)
-  return {
-    state = o.state, ca_state = o.ca_state, retransmits = o.retransmits, probes = o.probes,
-    backoff = o.backoff, options = o.options, snd_wscale = o.snd_wscale,
-    rcv_wscale = o.rcv_wscale, delivery_rate_app_limited = o.delivery_rate_app_limited,
-    fastopen_client_fail = o.fastopen_client_fail, rto = o.rto, ato = o.ato,
-    snd_mss = o.snd_mss, rcv_mss = o.rcv_mss, unacked = o.unacked, sacked = o.sacked,
-    lost = o.lost, retrans = o.retrans, fackets = o.fackets,
-    last_data_sent = o.last_data_sent, last_ack_sent = o.last_ack_sent,
-    last_data_recv = o.last_data_recv, last_ack_recv = o.last_ack_recv, pmtu = o.pmtu,
-    rcv_ssthresh = o.rcv_ssthresh, rtt = o.rtt, rttvar = o.rttvar,
-    snd_ssthresh = o.snd_ssthresh, snd_cwnd = o.snd_cwnd, advmss = o.advmss,
-    reordering = o.reordering, rcv_rtt = o.rcv_rtt, rcv_space = o.rcv_space,
-    total_retrans = o.total_retrans,
-  }
+-- Every field of struct tcp_info in kernel order, with the bytes a kernel must have filled
+-- for it (src/tcpinfo.rs FIELDS, the one list; later groups came with Linux 4.2, 4.6, 4.18,
+-- 4.19, 5.3 and 5.4).
+local FIELDS = base.native.tcpinfo_fields
+local NEEDS, FULL = {}, 0
+for _, f in ipairs(FIELDS) do
+  NEEDS[f.name] = f.min
+  if f.min > FULL then FULL = f.min end
 end
 
-local function to_table(o, n)
-  if n >= 232 then -- Linux 5.4 and later
-    return {
-      state = o.state, ca_state = o.ca_state, retransmits = o.retransmits, probes = o.probes,
-      backoff = o.backoff, options = o.options, snd_wscale = o.snd_wscale,
-      rcv_wscale = o.rcv_wscale, delivery_rate_app_limited = o.delivery_rate_app_limited,
-      fastopen_client_fail = o.fastopen_client_fail, rto = o.rto, ato = o.ato,
-      snd_mss = o.snd_mss, rcv_mss = o.rcv_mss, unacked = o.unacked, sacked = o.sacked,
-      lost = o.lost, retrans = o.retrans, fackets = o.fackets,
-      last_data_sent = o.last_data_sent, last_ack_sent = o.last_ack_sent,
-      last_data_recv = o.last_data_recv, last_ack_recv = o.last_ack_recv, pmtu = o.pmtu,
-      rcv_ssthresh = o.rcv_ssthresh, rtt = o.rtt, rttvar = o.rttvar,
-      snd_ssthresh = o.snd_ssthresh, snd_cwnd = o.snd_cwnd, advmss = o.advmss,
-      reordering = o.reordering, rcv_rtt = o.rcv_rtt, rcv_space = o.rcv_space,
-      total_retrans = o.total_retrans,
-      pacing_rate = tonumber(o.pacing_rate), max_pacing_rate = tonumber(o.max_pacing_rate),
-      bytes_acked = tonumber(o.bytes_acked), bytes_received = tonumber(o.bytes_received),
-      segs_out = o.segs_out, segs_in = o.segs_in, notsent_bytes = o.notsent_bytes,
-      min_rtt = o.min_rtt, data_segs_in = o.data_segs_in, data_segs_out = o.data_segs_out,
-      delivery_rate = tonumber(o.delivery_rate), busy_time = tonumber(o.busy_time),
-      rwnd_limited = tonumber(o.rwnd_limited), sndbuf_limited = tonumber(o.sndbuf_limited),
-      delivered = o.delivered, delivered_ce = o.delivered_ce,
-      bytes_sent = tonumber(o.bytes_sent), bytes_retrans = tonumber(o.bytes_retrans),
-      dsack_dups = o.dsack_dups, reord_seen = o.reord_seen, rcv_ooopack = o.rcv_ooopack,
-      snd_wnd = o.snd_wnd,
-    }
+-- to_table(o, n): the fields the kernel filled (`n` bytes), as Lua numbers (the 64-bit
+-- counters through tonumber). Generated from FIELDS as one would write it by hand: one table
+-- constructor for current kernels (all FULL bytes, Linux 5.4 and later), which LuaJIT makes
+-- from a template of its keys; otherwise the fields every kernel fills and one `if` per later
+-- group.
+local function make_to_table()
+  local function value(name)
+    return type(out[name]) == "cdata" and "tonumber(o." .. name .. ")" or "o." .. name
   end
-  local t = base_fields(o)
-  if n >= 144 then -- Linux 4.2
-    t.pacing_rate, t.max_pacing_rate = tonumber(o.pacing_rate), tonumber(o.max_pacing_rate)
-    t.bytes_acked, t.bytes_received = tonumber(o.bytes_acked), tonumber(o.bytes_received)
-    t.segs_out, t.segs_in = o.segs_out, o.segs_in
+  local all, groups, mins = {}, {}, {}
+  for _, f in ipairs(FIELDS) do
+    all[#all + 1] = f.name .. " = " .. value(f.name)
+    if not groups[f.min] then
+      groups[f.min], mins[#mins + 1] = {}, f.min
+    end
+    local g = groups[f.min]
+    g[#g + 1] = f.name
   end
-  if n >= 160 then -- Linux 4.6
-    t.notsent_bytes, t.min_rtt = o.notsent_bytes, o.min_rtt
-    t.data_segs_in, t.data_segs_out = o.data_segs_in, o.data_segs_out
+  local function assignments(names, prefix, sep)
+    local parts = {}
+    for k, name in ipairs(names) do parts[k] = prefix .. name .. " = " .. value(name) end
+    return table.concat(parts, sep)
   end
-  if n >= 200 then -- Linux 4.18
-    t.delivery_rate = tonumber(o.delivery_rate)
-    t.busy_time, t.rwnd_limited = tonumber(o.busy_time), tonumber(o.rwnd_limited)
-    t.sndbuf_limited = tonumber(o.sndbuf_limited)
-    t.delivered, t.delivered_ce = o.delivered, o.delivered_ce
+  local src = { "local tonumber = ...", "return function(o, n)",
+    "  if n >= " .. FULL .. " then return { " .. table.concat(all, ", ") .. " } end",
+    "  local t = { " .. assignments(groups[0], "", ", ") .. " }" }
+  for _, min in ipairs(mins) do
+    if min > 0 and min < FULL then
+      src[#src + 1] = "  if n >= " .. min .. " then " .. assignments(groups[min], "t.", " ") .. " end"
+    end
   end
-  if n >= 216 then -- Linux 4.19
-    t.bytes_sent, t.bytes_retrans = tonumber(o.bytes_sent), tonumber(o.bytes_retrans)
-  end
-  if n >= 224 then -- Linux 5.3
-    t.dsack_dups, t.reord_seen = o.dsack_dups, o.reord_seen
-  end
-  return t
+  src[#src + 1] = "  return t\nend"
+  return assert(loadstring(table.concat(src, "\n"), "=ts_ffi/tcpinfo.lua to_table"))(tonumber)
 end
-local function query(fname, which, tsfn, none)
-  local rc = get(get_ctx(fname), which, out, len)
-  if rc == 0 then
-    return to_table(out, len[0])
-  end
+local to_table = make_to_table()
+
+-- A failed getsockopt or a missing connection: nil, err (or a raised error, base.fail).
+local function failed(fname, rc, tsfn, none)
   local n = len[0]
   if n < 0 then
     return fail(fname, rc, tsfn, "getsockopt(TCP_INFO): " .. (errno_text[-n] or ("errno " .. -n)))
@@ -123,26 +95,12 @@ local function query(fname, which, tsfn, none)
   return fail(fname, rc, tsfn, none)
 end
 
--- One field instead of the table (client("rtt")): the bytes the kernel must have filled for
--- each name, the same groups as to_table.
-local GROUPS = {
-  [0] = { "state", "ca_state", "retransmits", "probes", "backoff", "options", "snd_wscale",
-    "rcv_wscale", "delivery_rate_app_limited", "fastopen_client_fail", "rto", "ato", "snd_mss",
-    "rcv_mss", "unacked", "sacked", "lost", "retrans", "fackets", "last_data_sent",
-    "last_ack_sent", "last_data_recv", "last_ack_recv", "pmtu", "rcv_ssthresh", "rtt", "rttvar",
-    "snd_ssthresh", "snd_cwnd", "advmss", "reordering", "rcv_rtt", "rcv_space", "total_retrans" },
-  [144] = { "pacing_rate", "max_pacing_rate", "bytes_acked", "bytes_received", "segs_out",
-    "segs_in" },
-  [160] = { "notsent_bytes", "min_rtt", "data_segs_in", "data_segs_out" },
-  [200] = { "delivery_rate", "busy_time", "rwnd_limited", "sndbuf_limited", "delivered",
-    "delivered_ce" },
-  [216] = { "bytes_sent", "bytes_retrans" },
-  [224] = { "dsack_dups", "reord_seen" },
-  [232] = { "rcv_ooopack", "snd_wnd" },
-}
-local NEEDS = {}
-for n, names in pairs(GROUPS) do
-  for _, k in ipairs(names) do NEEDS[k] = n end
+local function query(fname, which, tsfn, none)
+  local rc = get(get_ctx(fname), which, out, len)
+  if rc == 0 then
+    return to_table(out, len[0])
+  end
+  return failed(fname, rc, tsfn, none)
 end
 
 -- The field name of a one-argument call; raises for anything else (programming errors).
@@ -169,11 +127,7 @@ local function query_field(fname, which, tsfn, none, field)
     end
     return v
   end
-  local n = len[0]
-  if n < 0 then
-    return fail(fname, rc, tsfn, "getsockopt(TCP_INFO): " .. (errno_text[-n] or ("errno " .. -n)))
-  end
-  return fail(fname, rc, tsfn, none)
+  return failed(fname, rc, tsfn, none)
 end
 
 local _M = {}
