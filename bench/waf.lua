@@ -162,25 +162,17 @@ local function wrk_script(dir, host, attack_every)
   lines[#lines + 1] = string.format([[
 local every, clean, attack = %d, %q, %q
 local reqs, i = {}, 0
-local threads = {}
-function setup(thread) threads[#threads + 1] = thread end
-function init()
-  counts = {}
-  local n = every > 0 and every or 1
-  for k = 1, n do
-    reqs[k] = wrk.format("GET", (every > 0 and k == n) and attack or clean)
+function request()
+  if i == 0 then -- this thread's first request: its list, made once
+    local n = every > 0 and every or 1
+    for k = 1, n do
+      reqs[k] = wrk.format("GET", (every > 0 and k == n) and attack or clean)
+    end
   end
+  i = i %% #reqs + 1
+  return reqs[i]
 end
-function request() i = i %% #reqs + 1 return reqs[i] end
-function response(status) counts[status] = (counts[status] or 0) + 1 end
-function done()
-  local total = {}
-  for _, t in ipairs(threads) do
-    for code, n in pairs(t:get("counts") or {}) do total[code] = (total[code] or 0) + n end
-  end
-  for code, n in pairs(total) do io.write("status ", code, " ", n, "\n") end
-end
-]], attack_every, M.CLEAN, M.ATTACK)
+]], attack_every, M.CLEAN, M.ATTACK) .. load.STATUS_SCRIPT
   local path = dir .. "/mix" .. attack_every .. ".lua"
   ats.write(path, table.concat(lines, "\n") .. "\n")
   return path

@@ -123,7 +123,8 @@ function M.parse_wrk(out)
 end
 
 -- Counts every response's status per wrk thread and prints the totals (cost: wrk parses each
--- response in Lua; used when opts.count_status is set).
+-- response in Lua; used when opts.count_status is set, and by bench/waf.lua's scripts). It
+-- defines setup, init, response and done; parse_wrk reads its lines.
 local STATUS_SCRIPT = [[
 local threads = {}
 function setup(thread) threads[#threads + 1] = thread end
@@ -175,6 +176,7 @@ function M.rss_kb(pid)
   return tonumber(s:match("VmRSS:%s*(%d+)"))
 end
 
+M.STATUS_SCRIPT = STATUS_SCRIPT
 M.free_port = free_port
 M.sleep = socket.sleep
 M.now = socket.gettime
