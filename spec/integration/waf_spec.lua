@@ -27,6 +27,22 @@ local BROWSER = "-H 'User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:115.0) Gecko
   .. " -H 'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8'"
   .. " -H 'Accept-Language: en-US,en;q=0.5' -H 'Accept-Encoding: gzip, deflate'"
 
+-- POSTs `body` (from a file: any bytes) to `host`'s /echo with Content-Type `ctype`;
+-- `chunked`: sent with Transfer-Encoding: chunked.
+local function post_to(sb, host, ctype, body, chunked)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(body)
+  f:close()
+  local res = sb:get(host, "/echo", { curl = BROWSER .. " -X POST -H 'Content-Type: " .. ctype
+    .. "' -H 'Expect:' --data-binary @" .. path
+    .. (chunked and " -H 'Transfer-Encoding: chunked'" or "") })
+  os.remove(path)
+  return res
+end
+
+local FORM = "application/x-www-form-urlencoded"
+
 describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
   local sb
 
@@ -87,18 +103,8 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
     end
   end)
 
-  -- POSTs `body` (from a file: any bytes) with Content-Type `ctype`; `chunked`: sent with
-  -- Transfer-Encoding: chunked.
   local function post(host, ctype, body, chunked)
-    local path = os.tmpname()
-    local f = assert(io.open(path, "wb"))
-    f:write(body)
-    f:close()
-    local res = sb:get(host, "/echo", { curl = BROWSER .. " -X POST -H 'Content-Type: " .. ctype
-      .. "' -H 'Expect:' --data-binary @" .. path
-      .. (chunked and " -H 'Transfer-Encoding: chunked'" or "") })
-    os.remove(path)
-    return res
+    return post_to(sb, host, ctype, body, chunked)
   end
 
   local MP = "multipart/form-data; boundary=XyZ"
@@ -239,12 +245,7 @@ describe("ts_ffi.waf inside traffic_server with the OWASP CRS", function()
   it("deny,status:444 closes the client connection without a response (query and body)", function()
     local res = get("/?close=now")
     assert.equal(0, res.status, res.body)
-    local path = os.tmpname()
-    local f = assert(io.open(path, "wb"))
-    f:write("close=now")
-    f:close()
-    res = sb:get("waf.test", "/echo", { curl = BROWSER .. " -X POST -H 'Expect:' --data-binary @" .. path })
-    os.remove(path)
+    res = post_to(sb, "waf.test", FORM, "close=now")
     assert.equal(0, res.status, res.body)
     assert.is_true(sb:alive())
     assert.equal(200, get("/after-close").status)
@@ -439,15 +440,7 @@ describe("ts_ffi.waf with ATS's default post_copy_size (2048 bytes)", function()
   end)
 
   local function post(body, chunked)
-    local path = os.tmpname()
-    local f = assert(io.open(path, "wb"))
-    f:write(body)
-    f:close()
-    local res = sb:get("waf.test", "/echo", { curl = BROWSER .. " -X POST -H 'Expect:'"
-      .. " -H 'Content-Type: application/x-www-form-urlencoded' --data-binary @" .. path
-      .. (chunked and " -H 'Transfer-Encoding: chunked'" or "") })
-    os.remove(path)
-    return res
+    return post_to(sb, "waf.test", FORM, body, chunked)
   end
 
   it("the effective limit is post_copy_size: a larger Content-Length gets 413", function()
