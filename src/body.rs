@@ -595,12 +595,15 @@ struct Held {
 /// `limit` bytes). On the transaction's thread, at READ_RESPONSE_HDR or CACHE_LOOKUP_COMPLETE
 /// at the latest.
 pub unsafe fn hold_response(txn: TSHttpTxn, inspector: Box<dyn Inspector>, limit: usize) -> Result<(), Code> {
-    let (create, data_set, hook_add, thread_self) =
-        (ts_fn!(TSTransformCreate), ts_fn!(TSContDataSet), ts_fn!(TSHttpTxnHookAdd), ts_fn!(TSEventThreadSelf));
+    let (create, data_set, hook_add) = (ts_fn!(TSTransformCreate), ts_fn!(TSContDataSet), ts_fn!(TSHttpTxnHookAdd));
     // Checked now so that later steps cannot fail on them.
-    let _ = (ts_fn!(TSVConnWriteVIOGet), ts_fn!(TSVIOReenable), ts_fn!(TSContScheduleOnThread));
+    let _ = (
+        ts_fn!(TSVConnWriteVIOGet),
+        ts_fn!(TSVIOReenable),
+        ts_fn!(TSContScheduleOnThread),
+        ts_fn!(TSEventThreadSelf),
+    );
     unsafe {
-        let _ = thread_self;
         let shared = Arc::new(Shared { started: AtomicBool::new(false), destroyed: AtomicBool::new(false) });
         let vconn = create(Some(held_handler), txn);
         if vconn.is_null() {

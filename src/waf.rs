@@ -675,17 +675,15 @@ fn body_decision(t: &WafTxn, verdict: Verdict) -> body::Decision {
     body::Decision::Replace(DENY_BODY.as_bytes().to_vec())
 }
 
-/// Holds the response body back for phase 4 (on the transaction's thread, before it goes on).
+/// Holds the response body back for phases 3 and 4 (see `Phase::ResponseBody`).
 struct HeldBody {
     t: Arc<WafTxn>,
-    txn: usize,
 }
 
 impl body::Inspector for HeldBody {
     fn inspect(self: Box<Self>, head: Vec<u8>, _complete: bool, resume: body::Resume) {
-        let t = self.t;
-        // SAFETY: called on the transaction's thread.
-        let mut job = Job::new(t, Phase::ResponseBody(head), self.txn as TSHttpTxn);
+        // No transaction in the job: its verdict goes to `resume`, not to a hook.
+        let mut job = Job::new(self.t, Phase::ResponseBody(head), std::ptr::null_mut());
         job.resume = Some(resume);
         if let Err(mut job) = unsafe { schedule_task(job) } {
             audit(job.t.id, "cannot queue a task for the response body; fail policy applies");
@@ -738,7 +736,7 @@ unsafe fn apply(t: &Arc<WafTxn>, txn: TSHttpTxn, verdict: Verdict, body_next: bo
         let (status, location) = match verdict {
             Verdict::Allow | Verdict::Fail(_) => {
                 if body_next {
-                    let held = Box::new(HeldBody { t: Arc::clone(t), txn: txn as usize });
+                    let held = Box::new(HeldBody { t: Arc::clone(t) });
                     if body::hold_response(txn, held, t.response_body_limit).is_ok() {
                         ts_fn!(TSHttpTxnHookAdd)(txn, sys::TSHttpHookID_TS_HTTP_SEND_RESPONSE_HDR_HOOK, t.hook_cont as TSCont);
                     } else {
